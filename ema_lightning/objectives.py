@@ -1,0 +1,144 @@
+"""Training objectives as pure tensor functions: log-probs, NPO, gradient ascent, cross-entropy, KL.
+
+Conventions shared by every function here:
+
+- ``logits`` (B, T, V) come from a causal LM run on ``input_ids`` (B, T); position ``t`` predicts
+  token ``t + 1``. ``labels`` (B, T) are the ``input_ids`` with ``-100`` on ignored positions
+  (prompt, padding). The shift happens inside: ``logits[:, :-1]`` is scored against ``labels[:, 1:]``.
+- Arithmetic is float32 even for bf16/fp16 logits; results are float32.
+- Token means are taken over all non-ignored positions of the batch (not a mean of per-sequence means).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (logits[:, :-1], safe targets, mask), targets with ignored positions set to 0."""
+    if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
+        raise ValueError(
+            f"expected logits (B, T, V) and labels (B, T) with matching B, T; "
+            f"got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}"
+        )
+    shifted_logits = logits[:, :-1]
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    return shifted_logits, targets.masked_fill(~mask, 0), mask
+
+
+def _logsumexp_float32(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the vocabulary in float32.
+
+    float32 logits are reduced in place of a copy. Lower-precision logits are upcast one sequence
+    at a time, so the forward pass never holds a second full (B, T, V) float32 tensor at once.
+    """
+    if logits.dtype == torch.float32:
+        return torch.logsumexp(logits, dim=-1)
+    return torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits.unbind(0)])
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(label | prefix) and the mask of scored positions, both (B, T - 1).
+
+    ``log p(y_t) = logits[t - 1, y_t] - logsumexp_v logits[t - 1, v]``: the label logit is gathered
+    first, so no (B, T, V) log-softmax tensor is materialised. Ignored positions hold 0.
+    """
+    shifted_logits, targets, mask = _shift(logits, labels)
+    label_logits = shifted_logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
+    log_probs = label_logits - _logsumexp_float32(shifted_logits)
+    return log_probs.masked_fill(~mask, 0.0), mask
+
+
+def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Log-probability of each sequence's response, (B,) float32.
+
+    ``sum``: ``log p(y | x) = sum_t log p(y_t | x, y_<t)`` over non-ignored positions.
+    ``mean``: the same sum divided by the number of response tokens (0 for a sequence with none).
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    log_probs, mask = token_log_probs(logits, labels)
+    total = log_probs.sum(dim=-1)
+    if reduction == "sum":
+        return total
+    return total / mask.sum(dim=-1).clamp(min=1)
+
+
+def npo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Negative Preference Optimization loss (Zhang et al. 2024), a scalar.
+
+    ``L = mean_i -(2 / beta) * logsigmoid(-beta * (log pi(y_i|x_i) - log pi_ref(y_i|x_i)))``.
+    It equals ``(2 / beta) * log 2`` at ``pi == pi_ref``, its gradient pushes the policy log-prob
+    down with weight ``2 * sigmoid(beta * delta)`` (bounded, unlike gradient ascent), and as
+    ``beta -> 0`` it reduces to gradient ascent on the summed log-prob: ``mean_i log pi(y_i|x_i)``.
+    """
+    if not beta > 0:
+        raise ValueError(f"npo beta must be > 0 (e.g. 0.1, the NPO paper's default), got {beta!r}")
+    if policy_logps.shape != reference_logps.shape:
+        raise ValueError(
+            f"policy_logps {tuple(policy_logps.shape)} and reference_logps {tuple(reference_logps.shape)} "
+            "must have the same shape (one log-prob per sequence)"
+        )
+    log_ratio = policy_logps.float() - reference_logps.float().detach()
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy ``-(1 / N) * sum_{b,t: label != -100} log p(y_bt | prefix)``.
+
+    The retain loss and the compliance fine-tuning loss. A batch without any scored token gives 0
+    (still attached to the graph, so a backward pass is a no-op rather than an error).
+    """
+    log_probs, mask = token_log_probs(logits, labels)
+    count = mask.sum()
+    if count == 0:
+        return logits.sum().float() * 0.0
+    return -log_probs.sum() / count
+
+
+def gradient_ascent_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent on the forget responses: ``-cross_entropy_loss(logits, labels)``.
+
+    Minimising it raises the cross-entropy (lowers the likelihood) of the forget responses; it is
+    unbounded below, which is why NPO is the default forget objective.
+    """
+    return -cross_entropy_loss(logits, labels)
+
+
+def kl_to_reference(policy_logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean forward KL from the reference to the policy, ``KL(pi_ref || pi)``.
+
+    ``(1 / N) * sum_{b,t: label != -100} sum_v p_ref(v) * (log p_ref(v) - log p(v))`` at the shifted
+    positions that predict a scored label, as in open-unlearning's retain KL
+    (``F.kl_div(log p, log p_ref, log_target=True)``), but averaged over scored tokens only instead
+    of over every position including padding. The reference is treated as a constant.
+    """
+    if policy_logits.shape != reference_logits.shape:
+        raise ValueError(
+            f"policy_logits {tuple(policy_logits.shape)} and reference_logits "
+            f"{tuple(reference_logits.shape)} must have the same shape"
+        )
+    shifted_policy, _, mask = _shift(policy_logits, labels)
+    count = mask.sum()
+    if count == 0:
+        return policy_logits.sum().float() * 0.0
+    # Only scored positions enter the softmaxes: (N, V) instead of (B, T, V).
+    policy_log_probs = F.log_softmax(shifted_policy[mask].float(), dim=-1)
+    reference_log_probs = F.log_softmax(reference_logits[:, :-1][mask].detach().float(), dim=-1)
+    kl = F.kl_div(policy_log_probs, reference_log_probs, reduction="sum", log_target=True)
+    return kl / count
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "token_log_probs",
+    "sequence_log_probs",
+    "npo_loss",
+    "cross_entropy_loss",
+    "gradient_ascent_loss",
+    "kl_to_reference",
+]
