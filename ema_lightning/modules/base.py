@@ -1,0 +1,295 @@
+"""CausalLMModule: the Lightning glue shared by alignment and unlearning.
+
+It builds the backbone (lazily, in `configure_model`, so bad data fails before any weights load),
+measures refusal per domain during validation, keeps the pre-training baseline for the EMA score,
+checkpoints only trainable weights (the LoRA adapters) and exports the adapter in PEFT format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+
+from ema_lightning.backbone import Backbone, count_parameters, load_model, load_tokenizer
+from ema_lightning.data.collate import format_prompt
+from ema_lightning.domains import DOMAINS, canonical_domain
+from ema_lightning.evaluation.generation import generate
+from ema_lightning.evaluation.judges import KeywordRefusalJudge, LogitRefusalJudge, RefusalJudge
+from ema_lightning.evaluation.metrics import DomainRefusalRate, ema_score
+
+log = logging.getLogger(__name__)
+
+Export = Literal["adapter", "merged", "full", "none"]
+
+
+def _adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+
+
+class CausalLMModule(pl.LightningModule):
+    """A causal LM with refusal evaluation across the seven domains.
+
+    Args:
+        backbone: which model to load (hub id, local path, GGUF file or tiny config) and its LoRA.
+        optimizer: optimizer factory over the trainable parameters.
+        scheduler: optional learning-rate scheduler factory (stepped every optimizer step).
+        judge: refusal judge over generated responses (default: `KeywordRefusalJudge`).
+        logit_judge: when set, refusal is scored from first-token log-odds (one forward, no generation).
+        max_new_tokens: greedy tokens generated per eval prompt.
+        samples_per_domain: generations kept per domain and harmful/benign for the report.
+        export: what to write at the end of fit: the LoRA adapter (PEFT format), the merged model,
+            the full model, or nothing. Written to `<log_dir>/export`.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        optimizer: OptimizerCallable = _adamw,
+        scheduler: Optional[LRSchedulerCallable] = None,
+        judge: Optional[RefusalJudge] = None,
+        logit_judge: Optional[LogitRefusalJudge] = None,
+        max_new_tokens: int = 24,
+        samples_per_domain: int = 2,
+        export: Export = "adapter",
+    ) -> None:
+        super().__init__()
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "judge", "logit_judge"])
+        self.backbone = backbone
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.judge = judge if judge is not None else KeywordRefusalJudge()
+        self.logit_judge = logit_judge
+        self.max_new_tokens = max_new_tokens
+        self.samples_per_domain = samples_per_domain
+        self.export = export
+        self.model: Optional[torch.nn.Module] = None
+        self._tokenizer = None
+        self.val_refusal = DomainRefusalRate()
+        self.val_over_refusal = DomainRefusalRate()
+        self.baseline: Optional[torch.Tensor] = None
+        self.history: list[dict[str, Any]] = []
+        self._samples: list[dict[str, Any]] = []
+        # Checkpoints hold only trainable weights (adapters), so loading must not demand the base.
+        self.strict_loading = False
+
+    # ----------------------------------------------------------------- model
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.backbone)
+        return self._tokenizer
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.backbone.lora is not None
+
+    @property
+    def target_domain(self) -> Optional[str]:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        target = getattr(datamodule, "target_domain", None)
+        return canonical_domain(target) if target else None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = load_model(self.backbone)
+        trainable, total = count_parameters(self.model)
+        log.info("backbone loaded: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
+        self.on_model_built()
+
+    def on_model_built(self) -> None:
+        """Hook for subclasses (e.g. a frozen reference copy for full fine-tuning)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------ generation
+    def generate_responses(self, prompts: list[str], batch_size: int = 32) -> list[str]:
+        """Greedy responses of the current model to raw prompts (chat template applied)."""
+        tokenizer = self.tokenizer
+        texts = [format_prompt(tokenizer, p) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        responses: list[str] = [""] * len(texts)
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+                out = generate(
+                    self.model, tokenizer, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                    max_new_tokens=self.max_new_tokens,
+                )
+                for i, text in zip(rows, out):
+                    responses[i] = text
+        finally:
+            tokenizer.padding_side = side
+        return responses
+
+    # ------------------------------------------------------------ validation
+    def _judge_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str] | None]:
+        if self.logit_judge is not None:
+            self.logit_judge.prepare(self.tokenizer)
+            refused = self.logit_judge.judge(self.model, batch["input_ids"], batch["attention_mask"])
+            return refused.to(self.device).bool(), None
+        responses = generate(
+            self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=self.max_new_tokens
+        )
+        refused = self.judge(responses, batch["prompts"])
+        return torch.tensor(refused, dtype=torch.bool, device=self.device), responses
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        refused, responses = self._judge_batch(batch)
+        valid = batch.get("valid")
+        valid = torch.ones_like(refused) if valid is None else valid.to(refused.device).bool()
+        harmful = batch["harmful"].to(refused.device).bool()
+        self.val_refusal.update(refused, batch["domain_ids"], valid & harmful)
+        self.val_over_refusal.update(refused, batch["domain_ids"], valid & ~harmful)
+        if responses is not None:
+            self._keep_samples(batch, responses, refused, valid)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def _keep_samples(self, batch, responses, refused, valid) -> None:
+        for i, response in enumerate(responses):
+            if not bool(valid[i]):
+                continue
+            domain = DOMAINS[int(batch["domain_ids"][i])]
+            harmful = bool(batch["harmful"][i])
+            kept = sum(1 for s in self._samples if s["domain"] == domain and s["harmful"] == harmful)
+            if kept < self.samples_per_domain:
+                self._samples.append(
+                    {"domain": domain, "harmful": harmful, "prompt": batch["prompts"][i],
+                     "response": response, "refused": bool(refused[i])}
+                )
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _finish_evaluation(self, stage: str) -> None:
+        refusal = self.val_refusal.compute().cpu()
+        over_refusal = self.val_over_refusal.compute().cpu()
+        self.val_refusal.reset()
+        self.val_over_refusal.reset()
+        metrics = _rate_metrics(stage, refusal, over_refusal)
+        target = self.target_domain
+        sanity = self._trainer is not None and self.trainer.sanity_checking
+        if sanity or (self.baseline is None and self.global_step == 0 and stage == "val"):
+            self.baseline = refusal.clone()
+        if self.baseline is not None and target is not None:
+            metrics[f"{stage}/ema_score"] = ema_score(self.baseline, refusal, target)
+            metrics[f"{stage}/target_refusal"] = float(refusal[DOMAINS.index(target)])
+        step = 0 if sanity else self.global_step
+        self.history.append(
+            {"stage": "baseline" if sanity else stage, "step": step, "epoch": self.current_epoch,
+             "refusal": _as_dict(refusal), "over_refusal": _as_dict(over_refusal),
+             "ema_score": metrics.get(f"{stage}/ema_score"), "samples": self._samples}
+        )
+        self._samples = []
+        if sanity:
+            # Lightning drops self.log() during the sanity check; the baseline still belongs at step 0.
+            self._log_to_loggers(metrics, step=0)
+        else:
+            finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
+            self.log_dict(finite, sync_dist=False, rank_zero_only=True)
+        self._write_history()
+
+    @rank_zero_only
+    def _log_to_loggers(self, metrics: dict[str, float], step: int) -> None:
+        finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
+        for logger in self.loggers:
+            logger.log_metrics(finite, step=step)
+
+    @rank_zero_only
+    def _write_history(self) -> None:
+        directory = self.run_dir
+        if directory is None:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "eval_history.json").write_text(json.dumps(self.history, indent=1))
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        if self._trainer is None:
+            return None
+        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        return Path(log_dir) if log_dir else None
+
+    # ----------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.uses_lora:
+            trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        if self.baseline is not None:
+            checkpoint["ema_baseline"] = self.baseline
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "ema_baseline" in checkpoint:
+            self.baseline = checkpoint["ema_baseline"]
+
+    def on_fit_end(self) -> None:
+        self.export_model()
+
+    def export_model(self, directory: Optional[Path] = None) -> Optional[Path]:
+        """Write the adapter (PEFT format), the merged model or the full model; rank 0 only."""
+        if self.export == "none" or self.model is None:
+            return None
+        directory = Path(directory) if directory is not None else (self.run_dir or Path(".")) / "export"
+        if self.global_rank != 0:
+            return directory
+        directory.mkdir(parents=True, exist_ok=True)
+        model = self.model
+        if self.export == "adapter":
+            if not self.uses_lora:
+                log.warning("export='adapter' without LoRA: writing the full model instead")
+                model.save_pretrained(directory)
+            else:
+                model.save_pretrained(directory)
+        elif self.export == "merged" and self.uses_lora:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(directory)
+            self.model = merged
+        else:
+            model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        log.info("exported %s to %s", self.export, directory)
+        return directory
+
+
+def _as_dict(rates: torch.Tensor) -> dict[str, float]:
+    return {domain: float(rates[i]) for i, domain in enumerate(DOMAINS)}
+
+
+def _nanmean(rates: torch.Tensor) -> float:
+    finite = rates[~torch.isnan(rates)]
+    return float(finite.mean()) if finite.numel() else float("nan")
+
+
+def _rate_metrics(stage: str, refusal: torch.Tensor, over_refusal: torch.Tensor) -> dict[str, float]:
+    metrics = {f"{stage}/refusal/{d}": float(refusal[i]) for i, d in enumerate(DOMAINS)}
+    metrics[f"{stage}/refusal/mean"] = _nanmean(refusal)
+    metrics.update({f"{stage}/over_refusal/{d}": float(over_refusal[i]) for i, d in enumerate(DOMAINS)})
+    metrics[f"{stage}/over_refusal/mean"] = _nanmean(over_refusal)
+    return metrics
