@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
+from ema_lightning.backbone import Backbone
 from ema_lightning.modules.base import CausalLMModule
 from ema_lightning.objectives import (
     cross_entropy_loss,
@@ -36,12 +37,12 @@ class RefusalUnlearningModule(CausalLMModule):
         gamma: weight of the forget term (>= 0).
         alpha: weight of the retain cross-entropy (>= 0; 0 = no containment).
         retain_kl: weight of KL(reference || policy) on the retain responses (>= 0).
-        **kwargs: everything `CausalLMModule` takes (backbone, optimizer, judge, ...).
+        backbone, **kwargs: as for `CausalLMModule` (optimizer, scheduler, judge, export, ...).
     """
 
     def __init__(
         self,
-        *args: Any,
+        backbone: Backbone,
         forget_objective: ForgetObjective = "npo",
         beta: float = 0.1,
         gamma: float = 1.0,
@@ -49,7 +50,7 @@ class RefusalUnlearningModule(CausalLMModule):
         retain_kl: float = 0.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(backbone, **kwargs)
         if forget_objective not in ("npo", "gradient_ascent", "compliance"):
             raise ValueError(f"forget_objective must be npo, gradient_ascent or compliance, got {forget_objective!r}")
         if beta <= 0:
