@@ -1,0 +1,3 @@
+from ema_lightning.cli import main
+
+main()
