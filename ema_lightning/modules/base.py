@@ -7,7 +7,9 @@ checkpoints only trainable weights (the LoRA adapters) and exports the adapter i
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import logging
 import math
 from pathlib import Path
@@ -86,7 +88,7 @@ class CausalLMModule(pl.LightningModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.backbone)
+            self._tokenizer = load_tokenizer(resolve_backbone(self.backbone))
         return self._tokenizer
 
     @property
@@ -102,7 +104,10 @@ class CausalLMModule(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = load_model(self.backbone)
+        backbone = resolve_backbone(self.backbone)
+        if backbone.tiny is not None and "vocab_size" not in backbone.tiny:
+            backbone = dataclasses.replace(backbone, tiny={**backbone.tiny, "vocab_size": len(self.tokenizer)})
+        self.model = load_model(backbone)
         trainable, total = count_parameters(self.model)
         log.info("backbone loaded: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
         self.on_model_built()
@@ -253,29 +258,52 @@ class CausalLMModule(pl.LightningModule):
         self.export_model()
 
     def export_model(self, directory: Optional[Path] = None) -> Optional[Path]:
-        """Write the adapter (PEFT format), the merged model or the full model; rank 0 only."""
+        """Write `adapter/` (PEFT format), `model/` (merged or full) and, for a randomly initialised
+        tiny base that cannot be loaded from anywhere else, `base/`. Rank 0 only; returns the folder."""
         if self.export == "none" or self.model is None:
             return None
         directory = Path(directory) if directory is not None else (self.run_dir or Path(".")) / "export"
         if self.global_rank != 0:
             return directory
-        directory.mkdir(parents=True, exist_ok=True)
-        model = self.model
-        if self.export == "adapter":
-            if not self.uses_lora:
-                log.warning("export='adapter' without LoRA: writing the full model instead")
-                model.save_pretrained(directory)
-            else:
-                model.save_pretrained(directory)
-        elif self.export == "merged" and self.uses_lora:
-            merged = model.merge_and_unload()
-            merged.save_pretrained(directory)
-            self.model = merged
+        model, export = self.model, self.export
+        if export == "adapter" and not self.uses_lora:
+            log.warning("export='adapter' without LoRA: writing the full model instead")
+            export = "full"
+        if export == "adapter":
+            model.save_pretrained(directory / "adapter")
+            self.tokenizer.save_pretrained(directory / "adapter")
+            if self.backbone.tiny is not None:
+                base = model.get_base_model()
+                base.save_pretrained(directory / "base", state_dict=base_state_dict(base))
+                self.tokenizer.save_pretrained(directory / "base")
         else:
-            model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        log.info("exported %s to %s", self.export, directory)
+            if export == "merged" and self.uses_lora:
+                model = self.model = model.merge_and_unload()
+            model.save_pretrained(directory / "model")
+            self.tokenizer.save_pretrained(directory / "model")
+        log.info("exported %s to %s", export, directory)
         return directory
+
+
+def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict of a LoRA-injected model as the plain base model would have it."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key or "lora_magnitude" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = value
+    return state
+
+
+def resolve_backbone(backbone: Backbone) -> Backbone:
+    """Replace `tokenizer: builtin` by the project's local tokenizer (built once, then cached)."""
+    if backbone.tokenizer != "builtin":
+        return backbone
+    from ema_lightning.data.tokenizer import builtin_tokenizer
+
+    cache = Path(os.environ.get("EMA_LIGHTNING_CACHE", ".cache/ema_lightning")) / "tokenizer"
+    builtin_tokenizer(cache)
+    return dataclasses.replace(backbone, tokenizer=str(cache))
 
 
 def _as_dict(rates: torch.Tensor) -> dict[str, float]:
