@@ -1,0 +1,400 @@
+"""Where records come from: files, `datasets` datasets, or the built-in data, and how their columns map onto Records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ema_lightning.data.records import DOMAINS_ACCEPTED, Record, RecordError, is_missing, make_record, parse_domain
+
+log = logging.getLogger(__name__)
+
+FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet", "datasets", "builtin")
+_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+COLUMN_KEYS: tuple[str, ...] = ("prompt", "response", "domain", "harmful", "source_id", "category")
+DEFAULT_CATEGORY = "*"
+
+
+@dataclass
+class RecordSource:
+    """One set of prompts (a file, a `datasets` dataset, or the built-in data) and how its rows become Records.
+
+    The domain of a row is decided in this order: the fixed `domain`; else the first
+    `category_overrides` column whose value is listed in its map; else `category_to_domain` applied
+    to the `category` column (after `category_delimiter`); else the `domain` column. A category
+    value mapped to null drops the row (counted and logged). A value missing from the mapping is an
+    error, unless the mapping has a "*" key, whose domain (or null) then applies (counted, warned).
+    Relative paths are relative to the working directory; the configs under configs/data/external
+    point at `../shared/data/external/`: point `path` at your own copy.
+    """
+
+    path: str
+    """File (.jsonl/.json/.csv/.parquet), a `datasets` dir saved with save_to_disk, a hub id, or "builtin:<split>"."""
+    format: str | None = None
+    """jsonl | json | csv | parquet | datasets | builtin (default: from the path)."""
+    split: str | None = None
+    """Split of a `datasets` dataset (default: "train" when the dataset has several)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Record field -> column name, for prompt, response, domain, harmful, source_id, category (default: same name)."""
+    domain: str | None = None
+    """Fixed domain for every row (overrides any column)."""
+    harmful: bool | None = None
+    """Fixed harmful flag for every row (overrides the harmful column)."""
+    category_to_domain: dict[str, str | None] | None = None
+    """Category value -> domain id; null drops the row; a "*" key is the default for unlisted values."""
+    category_delimiter: str | None = None
+    """Keep only the category text before the first occurrence of this string (e.g. ":")."""
+    category_overrides: dict[str, dict[str, str | None]] | None = None
+    """Column -> {value -> domain or null}; checked in order before the category mapping, unlisted values fall through."""
+    mapping_file: str | None = None
+    """YAML or JSON file with any of these fields; explicit fields win over it."""
+    limit: int | None = None
+    """Keep at most this many records (the first ones after mapping)."""
+    seed: int = 0
+    """Seed of the built-in data."""
+
+    def __post_init__(self) -> None:
+        validate_source(self)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> RecordSource:
+        """A source from a YAML/JSON file of RecordSource fields (e.g. configs/data/external/*.yaml)."""
+        values = {**_read_mapping_file(str(path)), **overrides}
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise RecordError(str(path), None, sorted(unknown)[0], "unknown key", f"accepted: {', '.join(f.name for f in fields(cls))}")
+        if "path" not in values:
+            raise RecordError(str(path), None, "path", "missing", "a source file needs a 'path'")
+        return cls(**values)
+
+
+@dataclass
+class LoadReport:
+    """Counts of one load, for logs: rows read, records kept, rows dropped by the mapping, defaulted, duplicates."""
+
+    rows: int = 0
+    records: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    """Category value -> rows dropped because it maps to null."""
+    defaulted: Counter = field(default_factory=Counter)
+    """Category value -> rows that took the "*" default because the value was not in the mapping."""
+    duplicates: int = 0
+
+    def update(self, other: LoadReport) -> None:
+        self.rows += other.rows
+        self.records += other.records
+        self.dropped.update(other.dropped)
+        self.defaulted.update(other.defaulted)
+        self.duplicates += other.duplicates
+
+
+def validate_source(source: RecordSource) -> None:
+    """Check a source's settings without reading any file (runs when the source is built)."""
+    where = f"RecordSource({source.path!r})"
+    if not isinstance(source.path, str) or not source.path.strip():
+        raise RecordError(where, None, "path", "empty path", "a file, a datasets dir, a hub id or 'builtin:<split>'")
+    if source.format is not None and source.format not in FORMATS:
+        raise RecordError(where, None, "format", f"unknown format {source.format!r}", f"accepted: {', '.join(FORMATS)}")
+    unknown = set(source.columns) - set(COLUMN_KEYS)
+    if unknown:
+        raise RecordError(where, None, "columns", f"unknown Record field(s) {sorted(unknown)}", f"accepted keys: {', '.join(COLUMN_KEYS)}")
+    if source.domain is not None:
+        source.domain = parse_domain(source.domain, path=where, field="domain")
+    for name, mapping in _mappings(source):
+        for key, value in mapping.items():
+            if value is not None:
+                mapping[key] = parse_domain(value, path=where, field=f"{name}[{key!r}]")
+    if source.limit is not None and source.limit < 1:
+        raise RecordError(where, None, "limit", f"limit must be positive, got {source.limit}", "accepted: a positive integer or null")
+
+
+def _mappings(source: RecordSource) -> Iterator[tuple[str, dict[str, str | None]]]:
+    if source.category_to_domain:
+        yield "category_to_domain", source.category_to_domain
+    for column, mapping in (source.category_overrides or {}).items():
+        yield f"category_overrides[{column!r}]", mapping
+
+
+def source_format(source: RecordSource) -> str:
+    if source.format:
+        return source.format
+    if source.path.startswith("builtin:"):
+        return "builtin"
+    suffix = Path(source.path).suffix.lower()
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    return "datasets"
+
+
+def _read_mapping_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise RecordError(path, None, None, "mapping file not found", "give an existing YAML or JSON file")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix.lower() == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except Exception as error:  # json.JSONDecodeError or yaml.YAMLError
+        raise RecordError(path, None, None, f"cannot parse: {error}", "a YAML or JSON mapping") from None
+    if not isinstance(values, dict):
+        raise RecordError(path, None, None, "expected a mapping of RecordSource fields", "keys like columns, category_to_domain, domain, harmful")
+    return values
+
+
+def resolve_source(source: RecordSource) -> RecordSource:
+    """Merge the mapping file under the explicit fields (explicit fields win; dicts are merged key by key)."""
+    if not source.mapping_file:
+        return source
+    values = _read_mapping_file(source.mapping_file)
+    names = {f.name for f in fields(RecordSource)} - {"mapping_file"}
+    unknown = set(values) - names
+    if unknown:
+        raise RecordError(source.mapping_file, None, sorted(unknown)[0], "unknown key", f"accepted: {', '.join(sorted(names))}")
+    merged: dict[str, Any] = {"path": source.path, "mapping_file": None}
+    for f in fields(RecordSource):
+        if f.name in merged:
+            continue
+        explicit, from_file = getattr(source, f.name), values.get(f.name)
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if isinstance(explicit, dict) and isinstance(from_file, dict):
+            merged[f.name] = {**from_file, **explicit}
+        elif explicit != default or f.name not in values:
+            merged[f.name] = explicit
+        else:
+            merged[f.name] = from_file
+    return RecordSource(**merged)
+
+
+# ---- raw rows: (line, dict) per format ------------------------------------------------------
+
+
+def _require_file(path: str) -> Path:
+    file = Path(path)
+    if not file.exists():
+        raise RecordError(path, None, None, "file not found", f"give an existing path (working directory: {Path.cwd()})")
+    return file
+
+
+def _rows_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+    with _require_file(path).open(encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise RecordError(path, number, "<json>", f"invalid JSON ({error.msg} at column {error.colno})", "accepted: one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise RecordError(path, number, "<json>", f"expected a JSON object, got {type(row).__name__}", "accepted: one JSON object per line")
+            yield number, row
+
+
+def _rows_json(path: str) -> Iterator[tuple[int, dict]]:
+    text = _require_file(path).read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RecordError(path, error.lineno, "<json>", f"invalid JSON ({error.msg})", "accepted: a JSON list of objects") from None
+    if isinstance(rows, dict) and isinstance(rows.get("data"), list):
+        rows = rows["data"]
+    if not isinstance(rows, list):
+        raise RecordError(path, None, "<json>", f"expected a list of objects, got {type(rows).__name__}", "accepted: a JSON list of objects")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise RecordError(path, index, "<json>", f"item {index} is a {type(row).__name__}", "accepted: a JSON list of objects")
+        yield index, row
+
+
+def _rows_csv(path: str) -> Iterator[tuple[int, dict]]:
+    with _require_file(path).open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        start = reader.line_num + 1
+        for row in reader:
+            # line_num counts physical lines, so a quoted cell spanning lines still gets the row's first line.
+            yield (start if start > 1 else 2), row
+            start = reader.line_num + 1
+
+
+def _rows_parquet(path: str) -> Iterator[tuple[int, dict]]:
+    import pandas as pd
+
+    frame = pd.read_parquet(_require_file(path))
+    yield from enumerate(frame.to_dict("records"))
+
+
+def _rows_datasets(source: RecordSource) -> Iterator[tuple[int, dict]]:
+    import datasets
+
+    if Path(source.path).exists():
+        data = datasets.load_from_disk(source.path)
+    else:
+        try:
+            data = datasets.load_dataset(source.path, split=source.split or "train")
+        except Exception as error:
+            raise RecordError(source.path, None, None, f"not a file and cannot be loaded as a datasets hub id: {error}", "a local file/dir or a reachable hub id") from None
+    if isinstance(data, datasets.DatasetDict):
+        split = source.split or ("train" if "train" in data else None)
+        if split not in data:
+            raise RecordError(source.path, None, "split", f"split {source.split!r} not found", f"accepted: {', '.join(data)}")
+        data = data[split]
+    yield from enumerate(data)
+
+
+def _raw_rows(source: RecordSource, kind: str) -> Iterator[tuple[int, dict]]:
+    if kind == "jsonl":
+        return _rows_jsonl(source.path)
+    if kind == "json":
+        return _rows_json(source.path)
+    if kind == "csv":
+        return _rows_csv(source.path)
+    if kind == "parquet":
+        return _rows_parquet(source.path)
+    return _rows_datasets(source)
+
+
+# ---- mapping rows to records ----------------------------------------------------------------
+
+
+def _category_domain(source: RecordSource, row: Mapping[str, Any], line: int, report: LoadReport) -> tuple[bool, str | None]:
+    """(decided, domain) for a row from overrides and the category mapping; domain None with decided=True drops the row."""
+    for column, mapping in (source.category_overrides or {}).items():
+        value = row.get(column)
+        if not is_missing(value) and str(value).strip() in mapping:
+            domain = mapping[str(value).strip()]
+            if domain is None:
+                report.dropped[f"{column}={str(value).strip()}"] += 1
+            return True, domain
+    if source.category_to_domain is None:
+        return False, None
+    column = source.columns.get("category", "category")
+    if column not in row or is_missing(row[column]):
+        raise RecordError(source.path, line, column, "missing category value", f"the row needs a '{column}' column (category_to_domain is set)")
+    value = str(row[column])
+    if source.category_delimiter:
+        value = value.split(source.category_delimiter, 1)[0]
+    value = value.strip()
+    mapping = source.category_to_domain
+    if value in mapping:
+        domain = mapping[value]
+    elif DEFAULT_CATEGORY in mapping:
+        domain = mapping[DEFAULT_CATEGORY]
+        report.defaulted[value] += 1
+    else:
+        keys = ", ".join(repr(k) for k in mapping)
+        raise RecordError(source.path, line, column, f"category {value!r} is not in category_to_domain", f"accepted: {keys} (or add a '*' default key)")
+    if domain is None:
+        report.dropped[f"{column}={value}"] += 1
+    return True, domain
+
+
+def _builtin(source: RecordSource) -> list[Record]:
+    from ema_lightning.data.builtin import builtin_records
+
+    split = source.path.split(":", 1)[1] if source.path.startswith("builtin:") else (source.split or source.path)
+    return list(builtin_records(split, seed=source.seed))
+
+
+def load_records(source: RecordSource | str, report: LoadReport | None = None) -> list[Record]:
+    """Load and validate the records of one source; raise RecordError naming file, line and field."""
+    if isinstance(source, str):
+        source = RecordSource(path=source)
+    source = resolve_source(source)
+    validate_source(source)
+    kind = source_format(source)
+    local = LoadReport()
+    if kind == "builtin":
+        records = _builtin(source)
+        local.rows = len(records)
+        if source.domain is not None or source.harmful is not None:
+            records = [
+                Record(r.prompt, source.domain or r.domain, r.harmful if source.harmful is None else source.harmful, r.response, r.source_id)
+                for r in records
+            ]
+    else:
+        records = []
+        for line, row in _raw_rows(source, kind):
+            local.rows += 1
+            domain = source.domain
+            if domain is None:
+                decided, domain = _category_domain(source, row, line, local)
+                if decided and domain is None:
+                    continue
+            records.append(make_record(row, source.columns, path=source.path, line=line, domain=domain, harmful=source.harmful))
+            if source.limit is not None and len(records) >= source.limit:
+                break
+    if source.limit is not None:
+        records = records[: source.limit]
+    if not records:
+        raise RecordError(source.path, None, None, f"empty split: no records after mapping ({local.rows} rows read, {sum(local.dropped.values())} dropped)", "a source must give at least one record")
+    local.records = len(records)
+    _log_report(source.path, local)
+    if report is not None:
+        report.update(local)
+    return records
+
+
+def _log_report(path: str, report: LoadReport) -> None:
+    log.info("%s: %d rows read, %d records kept", path, report.rows, report.records)
+    if report.dropped:
+        log.info("%s: dropped %d rows whose category maps to no domain: %s", path, sum(report.dropped.values()), dict(report.dropped))
+    if report.defaulted:
+        log.warning("%s: %d rows had categories not in the mapping and took the '*' default: %s", path, sum(report.defaulted.values()), dict(report.defaulted))
+
+
+def _prompt_key(record: Record) -> tuple[str, bool]:
+    return " ".join(record.prompt.split()), record.harmful
+
+
+def drop_duplicates(records: Iterable[Record]) -> tuple[list[Record], int]:
+    """Keep the first record of each (whitespace-normalised prompt, harmful) pair; return (kept, number dropped)."""
+    seen: set[tuple[str, bool]] = set()
+    kept: list[Record] = []
+    dropped = 0
+    for record in records:
+        key = _prompt_key(record)
+        if key in seen:
+            dropped += 1
+        else:
+            seen.add(key)
+            kept.append(record)
+    return kept, dropped
+
+
+def load_all(sources: Iterable[RecordSource | str], what: str = "train", report: LoadReport | None = None) -> list[Record]:
+    """Concatenate the records of several sources and drop duplicate prompts (counted and logged)."""
+    local = LoadReport()
+    records: list[Record] = []
+    for source in sources:
+        records.extend(load_records(source, local))
+    kept, duplicates = drop_duplicates(records)
+    local.duplicates = duplicates
+    local.records = len(kept)
+    if duplicates:
+        log.info("%s: dropped %d duplicate prompts (same text and harmful flag) of %d records", what, duplicates, len(records))
+    if report is not None:
+        report.update(local)
+    return kept
+
+
+__all__ = [
+    "DOMAINS_ACCEPTED",
+    "FORMATS",
+    "LoadReport",
+    "RecordSource",
+    "drop_duplicates",
+    "load_all",
+    "load_records",
+    "resolve_source",
+    "source_format",
+    "validate_source",
+]
