@@ -1,0 +1,294 @@
+"""The language model under study: where it comes from, its precision, and its LoRA adapters.
+
+``Backbone`` names the model (a hub id / local directory, a GGUF file, or a ``tiny`` random-init
+config for tests); ``load_tokenizer`` and ``load_model`` build it. ``build_meta_model`` builds the
+same architecture on the meta device (no memory, no weights) to count parameters at full size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+# All attention and MLP projections per architecture (``config.model_type``): LoRA on every linear
+# map inside the blocks, the setting of the QLoRA paper and of most unlearning work on 7B models.
+_LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
+    **{
+        model_type: _LLAMA_LIKE
+        for model_type in (
+            "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+            "olmo", "olmo2", "stablelm",
+        )
+    },
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "starcoder2": ["q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "falcon": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+
+
+@dataclass
+class LoraSettings:
+    """Low-rank adapters (PEFT LoRA) on the backbone's linear layers; the base weights stay frozen."""
+
+    r: int = 16
+    """Rank of each adapter (the update is B @ A with A: r x in, B: out x r)."""
+    alpha: float = 32
+    """Scale numerator: the update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter input during training, in [0, 1)."""
+    target_modules: list[str] | None = None
+    """Module names to adapt (e.g. [q_proj, v_proj]); None: every attention and MLP projection of the architecture."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.r, int) and self.r > 0):
+            raise ValueError(f"LoraSettings.r must be a positive integer (e.g. 16), got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"LoraSettings.alpha must be > 0 (e.g. 32 = 2 * r), got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"LoraSettings.dropout must be in [0, 1) (e.g. 0.05), got {self.dropout!r}")
+        if self.target_modules is not None and (
+            isinstance(self.target_modules, str) or not all(isinstance(name, str) for name in self.target_modules)
+        ):
+            raise ValueError(
+                f"LoraSettings.target_modules must be a list of module names (e.g. [q_proj, v_proj]) or null, "
+                f"got {self.target_modules!r}"
+            )
+
+
+@dataclass
+class Backbone:
+    """The causal language model: exactly one of ``name_or_path`` or ``tiny``."""
+
+    name_or_path: str | None = None
+    """Hub id or local directory of a pretrained causal LM (e.g. Qwen/Qwen2.5-7B-Instruct)."""
+    tiny: dict[str, Any] | None = None
+    """A transformers config dict with model_type (qwen2, mistral, ...) built with random weights, for tests."""
+    tokenizer: str | None = None
+    """Hub id or local directory of the tokenizer; default: name_or_path."""
+    gguf_file: str | None = None
+    """GGUF file name inside name_or_path (or a path to one); weights are dequantised on load (needs `gguf`)."""
+    dtype: str = "float32"
+    """Weight precision: float32, bfloat16, float16, or auto (as stored in the checkpoint)."""
+    attn_implementation: str | None = "sdpa"
+    """Attention kernel: sdpa, eager, flash_attention_2, ...; None: the transformers default."""
+    trust_remote_code: bool = False
+    """Allow model code shipped with the checkpoint to run."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    lora: LoraSettings | None = None
+    """LoRA adapters; None: full fine-tuning of every weight."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError(
+                "Backbone: set exactly one of name_or_path (hub id or local directory) or tiny "
+                f"(a config dict for a random-init model); got name_or_path={self.name_or_path!r}, tiny={self.tiny!r}"
+            )
+        if self.tiny is not None:
+            if not isinstance(self.tiny, dict) or "model_type" not in self.tiny:
+                raise ValueError(
+                    f"Backbone.tiny must be a dict with a model_type (e.g. {{model_type: qwen2, hidden_size: 32, "
+                    f"num_hidden_layers: 2}}), got {self.tiny!r}"
+                )
+            if self.gguf_file is not None or self.trust_remote_code:
+                raise ValueError(
+                    "Backbone.tiny builds a random-init model from a config and combines only with tokenizer "
+                    "(and dtype, attn_implementation, gradient_checkpointing, lora); unset gguf_file / trust_remote_code"
+                )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Backbone.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.lora is not None and not isinstance(self.lora, LoraSettings):
+            raise ValueError(f"Backbone.lora must be LoraSettings or null, got {type(self.lora).__name__}")
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D  # GPT-2 style linear layers
+
+    return isinstance(module, (torch.nn.Linear, Conv1D))
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Sorted distinct last-name components of the model's linear layers (e.g. ``q_proj``, ``lm_head``)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if _is_linear(module)})
+
+
+def lora_target_modules(model: torch.nn.Module, lora: LoraSettings | None = None) -> list[str]:
+    """The LoRA target names for ``model``: ``lora.target_modules`` if set, else the architecture's default.
+
+    Architectures without a default get every linear layer except the output head. A configured
+    name must match a linear module (its full name or a ``.``-suffix of it, as PEFT matches).
+    """
+    linear_names = [name for name, module in model.named_modules() if _is_linear(module)]
+    if lora is not None and lora.target_modules is not None:
+        targets = list(lora.target_modules)
+        unknown = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear_names)]
+        if unknown:
+            raise ValueError(
+                f"LoraSettings.target_modules: unknown target module(s) {unknown} for "
+                f"{type(model).__name__}; linear modules of this model: {linear_module_names(model)}"
+            )
+        return targets
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in DEFAULT_LORA_TARGETS:
+        return list(DEFAULT_LORA_TARGETS[model_type])
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    targets = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _is_linear(m) and m is not output})
+    if not targets:
+        raise ValueError(f"{type(model).__name__} (model_type {model_type!r}) has no linear layers for LoRA")
+    return targets
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once. Works on the meta device."""
+    trainable = total = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+    return trainable, total
+
+
+def _check_gguf(b: Backbone) -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            f"Backbone.gguf_file={b.gguf_file!r} needs the `gguf` package: pip install 'ema-lightning[gguf]'"
+        )
+    candidates = [b.gguf_file]
+    if b.name_or_path is not None:
+        candidates.append(os.path.join(b.name_or_path, b.gguf_file))
+    if any(os.path.isfile(path) for path in candidates):
+        return
+    if b.name_or_path is None or os.path.isdir(b.name_or_path):
+        raise FileNotFoundError(
+            f"Backbone.gguf_file: no such file {b.gguf_file!r}"
+            + (f" (nor {candidates[1]!r})" if len(candidates) > 1 else "")
+            + "; give a path to a .gguf file or its name inside name_or_path"
+        )
+    # Otherwise name_or_path is a hub id: transformers resolves the file in that repository.
+
+
+def load_tokenizer(b: Backbone):
+    """``AutoTokenizer`` for ``b.tokenizer`` (default ``b.name_or_path``); pad token = eos if missing.
+
+    Padding side is left to callers (right for training, left for generation).
+    """
+    from transformers import AutoTokenizer
+
+    source = b.tokenizer or b.name_or_path
+    if source is None:
+        raise ValueError(
+            "Backbone.tokenizer must be set when Backbone.tiny is used (a hub id or local tokenizer directory)"
+        )
+    kwargs: dict[str, Any] = {"trust_remote_code": b.trust_remote_code}
+    if b.gguf_file is not None and b.tokenizer is None:
+        _check_gguf(b)
+        kwargs["gguf_file"] = b.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {source!r} has neither a pad token nor an eos token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _tiny_config(b: Backbone):
+    from transformers import AutoConfig
+
+    settings = dict(b.tiny)
+    return AutoConfig.for_model(settings.pop("model_type"), **settings)
+
+
+def _apply_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_target_modules(model, lora),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_model(b: Backbone) -> torch.nn.Module:
+    """Build the causal LM; PEFT-wrapped (only adapters trainable) when ``b.lora`` is set.
+
+    ``tiny`` models get random weights from the global torch seed: callers seed first.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = DTYPES[b.dtype]
+    kwargs: dict[str, Any] = {}
+    if b.attn_implementation is not None:
+        kwargs["attn_implementation"] = b.attn_implementation
+    if b.tiny is not None:
+        if dtype != "auto":
+            kwargs["dtype"] = dtype
+        model = AutoModelForCausalLM.from_config(_tiny_config(b), **kwargs)
+    else:
+        if b.gguf_file is not None:
+            _check_gguf(b)
+            kwargs["gguf_file"] = b.gguf_file
+        model = AutoModelForCausalLM.from_pretrained(
+            b.name_or_path, dtype=dtype, trust_remote_code=b.trust_remote_code, **kwargs
+        )
+    if b.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # transformers < 5
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        if b.lora is not None:
+            # Frozen embeddings would otherwise cut the graph before the first checkpointed block.
+            model.enable_input_require_grads()
+    if b.lora is not None:
+        model = _apply_lora(model, b.lora)
+    return model
+
+
+def build_meta_model(b: Backbone) -> torch.nn.Module:
+    """The same architecture (and LoRA wrapping) on the meta device: shapes only, no memory, no weights.
+
+    For checking wrap policies and parameter counts at full size. Needs ``tiny`` or a local
+    ``name_or_path`` holding a config.json.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if b.tiny is not None:
+        config = _tiny_config(b)
+    else:
+        config = AutoConfig.from_pretrained(b.name_or_path, trust_remote_code=b.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=b.trust_remote_code)
+        if b.lora is not None:
+            model = _apply_lora(model, b.lora)
+    return model
+
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "DTYPES",
+    "Backbone",
+    "LoraSettings",
+    "build_meta_model",
+    "count_parameters",
+    "linear_module_names",
+    "load_model",
+    "load_tokenizer",
+    "lora_target_modules",
+]
