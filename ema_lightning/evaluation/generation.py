@@ -1,0 +1,92 @@
+"""Batched greedy generation for refusal evaluation: left padding, KV cache, stop when every row ended."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+# end-of-turn tokens of common chat templates, used as extra stop tokens when the tokenizer has them
+END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """eos ids: the tokenizer's eos, end-of-turn tokens it knows, and the model's generation_config eos."""
+    ids: list[int] = []
+
+    def add(value) -> None:
+        for i in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(i, int) and i >= 0 and i not in ids:
+                ids.append(i)
+
+    add(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    for token in END_OF_TURN_TOKENS:
+        if token in vocab:
+            add(vocab[token])
+    config = getattr(model, "generation_config", None)
+    if config is not None:
+        add(config.eos_token_id)
+    return ids
+
+
+def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's real tokens to the right end (no-op when already left padded)."""
+    if bool(attention_mask[:, -1].all()):
+        return input_ids, attention_mask
+    lengths = attention_mask.long().sum(-1)
+    width = input_ids.shape[1]
+    new_ids = torch.full_like(input_ids, pad_token_id)
+    new_mask = torch.zeros_like(attention_mask)
+    for row, n in enumerate(lengths.tolist()):
+        tokens = input_ids[row][attention_mask[row].bool()]
+        new_ids[row, width - n:] = tokens
+        new_mask[row, width - n:] = 1
+    return new_ids, new_mask
+
+
+def generate(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int = 32,
+    **kwargs,
+) -> list[str]:
+    """Greedy responses (new tokens only, special tokens skipped), one string per row.
+
+    Rows are left padded first if they come right padded. Generation stops once every row has
+    emitted a stop token (see `stop_token_ids`) or after `max_new_tokens`. `kwargs` go to
+    `model.generate` (e.g. `min_new_tokens`). The model runs in eval mode under inference_mode;
+    its training mode is restored afterwards. Works for plain and peft-wrapped causal LMs.
+    """
+    if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(f"generate: input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be equal (B, T)")
+    eos = stop_token_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    input_ids, attention_mask = to_left_padding(input_ids, attention_mask, pad)
+    options = dict(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+        pad_token_id=pad, eos_token_id=eos or None, temperature=None, top_p=None, top_k=None,
+    )
+    options.update(kwargs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+    finally:
+        model.train(was_training)
+    new_tokens = output[:, input_ids.shape[1]:]
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def bucket_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small.
+
+    Every index appears exactly once; callers put results back with these indices.
+    """
+    if batch_size < 1:
+        raise ValueError(f"bucket_by_length: batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
