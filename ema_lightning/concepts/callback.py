@@ -61,6 +61,7 @@ class ConceptVectorCallback(pl.Callback):
     # Lightning hooks --------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.baseline, self.history, self._checkpoint_steps = None, {}, set()  # a fresh fit, a fresh baseline
         # trainer.log_dir broadcasts under DDP, so every rank resolves it here, together.
         self._output_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
         baseline_file = self._output_dir / "step=0.safetensors"
@@ -68,7 +69,7 @@ class ConceptVectorCallback(pl.Callback):
             self.baseline = ConceptVectors.load(baseline_file)
             self.history[0] = self.baseline
             return
-        self.baseline = self._extract(trainer, pl_module)
+        self._extract(trainer, pl_module)  # the first extraction is the baseline
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         step = trainer.global_step
@@ -98,6 +99,8 @@ class ConceptVectorCallback(pl.Callback):
             probe=self.probe,
         )
         self.history[vectors.step] = vectors
+        if self.baseline is None:
+            self.baseline = vectors
         if trainer.is_global_zero:
             path = vectors.save(self._output_dir / f"step={vectors.step}.safetensors")
             log.info("concept vectors at step %d written to %s", vectors.step, path)

@@ -1,0 +1,120 @@
+"""ConceptVectorCallback in a real (tiny) Lightning fit: files per step, TensorBoard logs, no-logger runs."""
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from ema_lightning.concepts.callback import ConceptVectorCallback
+from ema_lightning.concepts.vectors import ConceptVectors
+from ema_lightning.data.records import Record
+from ema_lightning.domains import DOMAINS
+
+WORDS = "how do i hack a server make poison insult people tell me my address the weather is nice cook pasta".split()
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    specials = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>"]
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + WORDS + ["user", "assistant"]))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="<|im_end|>")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> assistant{% endif %}"
+    )
+    return fast
+
+
+class TinyModule(pl.LightningModule):
+    """Holds a tiny causal LM and its tokenizer, as the project's modules do; trains on random tokens."""
+
+    def __init__(self, target_domain: str | None = "cybersecurity"):
+        super().__init__()
+        self.tokenizer = tiny_tokenizer()
+        torch.manual_seed(0)
+        config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=len(self.tokenizer), max_position_embeddings=64)
+        self.model = Qwen2ForCausalLM(config)
+        self.target_domain = target_domain
+
+    def training_step(self, batch, batch_idx):
+        return self.model(input_ids=batch, labels=batch).loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+
+class TinyData(pl.LightningDataModule):
+    def __init__(self, n_tokens: int):
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.target_domain = "cybersecurity"
+        self.eval_records = []
+        self.neutral_records = []
+
+    def setup(self, stage: str) -> None:
+        prompts = ["how do i hack a server", "make poison", "insult people", "tell me my address", "hack me"]
+        self.eval_records = [Record(p, d, True) for p in prompts for d in DOMAINS] + [Record("cook pasta", "bias", False)]
+        self.neutral_records = [Record("the weather is nice", "safety", False), Record("cook pasta", "safety", False)]
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(torch.randint(4, self.n_tokens, (8, 6), generator=g), batch_size=4)
+
+
+def fit(tmp_path, callback, **trainer_kwargs) -> pl.Trainer:
+    module = TinyModule()
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=2,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback, *trainer_kwargs.pop("callbacks", [])],
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=TinyData(len(module.tokenizer)))
+    return trainer
+
+
+def test_callback_writes_every_checkpoint_step_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    callback = ConceptVectorCallback(batch_size=8, max_prompts_per_domain=3)
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+    trainer = fit(tmp_path, callback, logger=logger, callbacks=[checkpoint])
+
+    out = tmp_path / "run" / "version_0" / "concept_vectors"
+    assert sorted(p.name for p in out.iterdir()) == ["step=0.safetensors", "step=1.safetensors", "step=2.safetensors"]
+    assert len(list((tmp_path / "ckpt").glob("*.ckpt"))) == 2
+    baseline, final = ConceptVectors.load(out / "step=0.safetensors"), ConceptVectors.load(out / "step=2.safetensors")
+    assert baseline.step == 0 and final.step == trainer.global_step == 2
+    assert baseline.counts == {d: 3 for d in DOMAINS} and baseline.neutral_count == 2 and baseline.harmless_count == 3
+    assert baseline.vectors.shape == (7, 3, 32)
+    assert not torch.allclose(baseline.vectors, final.vectors)  # training moved the representations
+    torch.testing.assert_close(callback.baseline.vectors, baseline.vectors)
+
+    events = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    images, scalars = set(events.Tags()["images"]), set(events.Tags()["scalars"])
+    assert {"concepts/cosine/layer_0", "concepts/cosine/layer_2", "concepts/similarity_to_cybersecurity"} <= images
+    assert {"concepts/drift/privacy", "concepts/refusal_projection/bias", "concepts/similarity_to_cybersecurity/safety"} <= scalars
+    assert "concepts/similarity_to_cybersecurity/cybersecurity" not in scalars
+    assert [e.step for e in events.Scalars("concepts/drift/safety")] == [0, 1, 2]
+    assert abs(events.Scalars("concepts/drift/safety")[0].value - 1.0) < 1e-5  # the baseline against itself
+    height, width = events.Images("concepts/cosine/layer_1")[0].height, events.Images("concepts/cosine/layer_1")[0].width
+    assert height > 100 and width > 100
+
+
+def test_callback_without_logger_or_checkpoints_writes_baseline_and_final(tmp_path):
+    callback = ConceptVectorCallback(batch_size=16, position="mean")
+    fit(tmp_path, callback, logger=False, enable_checkpointing=False)
+    out = tmp_path / "concept_vectors"
+    assert sorted(p.name for p in out.iterdir()) == ["step=0.safetensors", "step=2.safetensors"]
+    assert ConceptVectors.load(out / "step=2.safetensors").position == "mean"
+    assert sorted(callback.history) == [0, 2]
