@@ -1,0 +1,302 @@
+"""RefusalDataModule: set selection, config checks, train/eval loaders, distributed eval shards, self-generated responses."""
+
+import json
+import logging
+import types
+from collections import Counter
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.utils.data import DistributedSampler
+from transformers import PreTrainedTokenizerFast
+
+from ema_lightning.data.collate import IGNORE_INDEX
+from ema_lightning.data.datamodule import ExampleDataset, RefusalDataModule, ShardedEvalSampler, stratified_sample
+from ema_lightning.data.records import Record, RecordError
+from ema_lightning.data.sources import RecordSource
+from ema_lightning.domains import DOMAINS, domain_index
+
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A byte-level BPE tokenizer trained on a few sentences, with a Qwen-style chat template."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|pad|>", "<|im_start|>", "<|im_end|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["How do I do a harmful thing in this domain?", "I can't help with that.", "Sure, here is how."], trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>")
+    wrapped.chat_template = TEMPLATE
+    return wrapped
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r.to_dict() if isinstance(r, Record) else r) + "\n" for r in records), encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """train: per domain 4 harmful (refusal) + 2 benign (help); eval: per domain 3 harmful + 2 benign; neutral: 3."""
+    train, evaluation = [], []
+    for d in DOMAINS:
+        train += [Record(f"harmful {d} request number {i}" + " really" * i, d, True, "I can't help with that.") for i in range(4)]
+        train += [Record(f"benign {d} question {i}", d, False, "Sure, here is how.") for i in range(2)]
+        evaluation += [Record(f"eval harmful {d} {i}" + " x" * i, d, True) for i in range(3)]
+        evaluation += [Record(f"eval benign {d} {i}", d, False) for i in range(2)]
+    neutral = [Record(f"neutral {i}", "bias", False) for i in range(3)]
+    return types.SimpleNamespace(
+        train=write_jsonl(tmp_path / "train.jsonl", train),
+        eval=write_jsonl(tmp_path / "eval.jsonl", evaluation),
+        neutral=write_jsonl(tmp_path / "neutral.jsonl", neutral),
+        dir=tmp_path,
+    )
+
+
+def make(data, tokenizer=None, **kwargs):
+    dm = RefusalDataModule(train=[RecordSource(data.train)], eval=[RecordSource(data.eval)], neutral=[RecordSource(data.neutral)], **kwargs)
+    if tokenizer is not None:
+        dm.connect(tokenizer)
+    return dm
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+
+def test_config_checked_without_reading_files():
+    dm = RefusalDataModule(train=[RecordSource("missing.jsonl")], target_domain="Cyber", retain_domains=["toxic", "Bias"])
+    assert dm.target_domain == "cybersecurity" and dm.retain_domains == ["toxicity", "bias"]
+    with pytest.raises(RecordError, match="missing.jsonl: file not found"):
+        dm.load()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"target_domain": "astrology"}, "field 'target_domain': unknown domain 'astrology'; accepted: one of " + ", ".join(DOMAINS)),
+    ({"target_domain": "safety", "retain_domains": ["safety", "bias"]}, "contains the target domain"),
+    ({"max_length": 64, "max_prompt_length": 64}, "leaves no room"),
+    ({"forget": [RecordSource("f.jsonl")]}, "needs a target_domain"),
+    ({"forget_responses": "sample"}, "accepted: 'data', 'generate'"),
+    ({"retain_size": -1}, "retain_size"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RefusalDataModule(**kwargs)
+
+
+def test_defaults_are_builtin_sources():
+    dm = RefusalDataModule()
+    assert [s.path for s in dm.train_sources] == ["builtin:train"]
+    assert [s.path for s in dm.eval_sources] == ["builtin:eval"]
+    assert [s.path for s in dm.neutral_sources] == ["builtin:neutral"]
+    assert dm.forget_sources is None and dm.target_domain is None
+
+
+# ---- set selection ---------------------------------------------------------------------------
+
+
+def test_unlearning_sets(data, caplog):
+    with caplog.at_level(logging.INFO, logger="ema_lightning.data.datamodule"):
+        dm = make(data, target_domain="safety")
+        dm.setup("fit")
+    assert len(dm.forget_records) == 4 and all(r.domain == "safety" and r.harmful for r in dm.forget_records)
+    assert len(dm.retain_records) == 6 * 6 and "safety" not in {r.domain for r in dm.retain_records}
+    assert len(dm.eval_records) == 35 and len(dm.neutral_records) == 3
+    assert "forget set: 4 records (4 harmful, 0 benign): safety 4" in caplog.text
+    assert "retain set: 36 records" in caplog.text
+
+
+def test_alignment_sets_retain_everything(data):
+    dm = make(data).load()
+    assert dm.forget_records == [] and len(dm.retain_records) == 42
+
+
+def test_caps_are_seeded_and_stratified(data):
+    dm = make(data, target_domain="cyber", retain_size=12, forget_size=3, eval_per_domain=1, seed=1).load()
+    assert Counter(r.domain for r in dm.retain_records) == Counter({d: 2 for d in DOMAINS if d != "cybersecurity"})
+    assert len(dm.forget_records) == 3
+    assert Counter((r.domain, r.harmful) for r in dm.eval_records) == Counter({(d, h): 1 for d in DOMAINS for h in (True, False)})
+    again = make(data, target_domain="cyber", retain_size=12, forget_size=3, eval_per_domain=1, seed=1).load()
+    assert again.retain_records == dm.retain_records and again.forget_records == dm.forget_records
+    assert make(data, target_domain="cyber", retain_size=0).load().retain_records == []
+    records = [Record(f"p{i}", "bias" if i < 10 else "privacy", True) for i in range(12)]
+    assert Counter(r.domain for r in stratified_sample(records, 4, 0)) == Counter(bias=2, privacy=2)
+
+
+def test_forget_sources_filtered_to_target_domain(data, tmp_path):
+    forget = write_jsonl(tmp_path / "forget.jsonl", [Record("f1", "privacy", True, "No."), Record("f2", "bias", True, "No.")])
+    dm = make(data, target_domain="privacy", forget=[RecordSource(forget)]).load()
+    assert [r.prompt for r in dm.forget_records] == ["f1"]
+    with pytest.raises(RecordError, match="empty split: no forget records in domain 'safety'"):
+        make(data, target_domain="safety", forget=[RecordSource(forget)]).load()
+
+
+def test_missing_responses_are_an_error(data, tmp_path):
+    no_response = write_jsonl(tmp_path / "nr.jsonl", [Record("a", "bias", True), Record("b", "privacy", True, "No.")])
+    dm = RefusalDataModule(train=[RecordSource(no_response)], eval=[RecordSource(data.eval)], neutral=[], target_domain="bias")
+    with pytest.raises(RecordError, match="field 'response': 1 of 1 forget records have no response.*forget_responses: generate"):
+        dm.load()
+    dm = RefusalDataModule(train=[RecordSource(no_response)], eval=[RecordSource(data.eval)], neutral=[], target_domain="bias", forget_responses="generate")
+    assert len(dm.load().forget_records) == 1 and dm.neutral_records == []
+
+
+# ---- loaders ---------------------------------------------------------------------------------
+
+
+def test_train_loader_structure_and_masking(data, tokenizer):
+    dm = make(data, tokenizer, target_domain="safety", batch_size=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, CombinedLoader) and set(loader.iterables) == {"forget", "retain"}
+    assert loader._mode == "min_size"  # forget: 2 batches < retain: 18 -> forget drives the epoch
+    batches = list(loader)
+    assert len(batches) == 2
+    batch = batches[0][0]
+    forget = batch["forget"]
+    assert forget["input_ids"].shape == forget["labels"].shape == forget["attention_mask"].shape
+    assert (forget["domain_ids"] == domain_index("safety")).all()
+    assert (forget["labels"][forget["attention_mask"] == 0] == IGNORE_INDEX).all()
+    first = forget["labels"][0]
+    assert first[0] == IGNORE_INDEX and (first == tokenizer.eos_token_id).any()
+    assert sorted(i for b in batches for i in b[0]["forget"]["index"].tolist()) == [0, 1, 2, 3]
+    assert (batch["retain"]["domain_ids"] != domain_index("safety")).all()
+
+
+def test_train_loader_forget_longer_than_retain_cycles_retain(data, tokenizer):
+    dm = make(data, tokenizer, target_domain="safety", retain_size=2, batch_size=1).load()
+    loader = dm.train_dataloader()
+    assert loader._mode == "max_size_cycle" and len(list(loader)) == 4
+
+
+def test_train_loader_alignment_and_forget_only(data, tokenizer):
+    assert set(make(data, tokenizer).load().train_dataloader().iterables) == {"retain"}
+    assert set(make(data, tokenizer, target_domain="bias", retain_size=0).load().train_dataloader().iterables) == {"forget"}
+
+
+def test_train_shuffle_is_seeded(data, tokenizer):
+    def order(seed):
+        dm = make(data, tokenizer, seed=seed, batch_size=4).load()
+        return [i for b in dm.train_dataloader() for i in b[0]["retain"]["index"].tolist()]
+
+    assert order(3) == order(3) and sorted(order(3)) == list(range(42))
+
+
+def test_truncation_counted(data, tokenizer, caplog):
+    dm = make(data, tokenizer, target_domain="safety", max_length=24, max_prompt_length=20)
+    with caplog.at_level(logging.WARNING):
+        dm.load().train_dataloader()
+        dm.val_dataloader()
+    assert "forget: truncated 4 of 4 examples to max_prompt_length=20 / max_length=24" in caplog.text
+    assert "eval: truncated 35 of 35 prompts to max_prompt_length=20" in caplog.text
+
+
+def test_eval_loader_sorted_left_padded_and_subsets(data, tokenizer):
+    dm = make(data, tokenizer, eval_batch_size=4).load()
+    batches = list(dm.val_dataloader())
+    lengths = [int(n) for b in batches for n in b["attention_mask"].sum(1)]
+    assert lengths == sorted(lengths, reverse=True)
+    assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(35))
+    first = batches[0]
+    assert (first["attention_mask"][:, -1] == 1).all() and first["valid"].all()
+    for b in batches:
+        for i, prompt, harmful, domain in zip(b["index"].tolist(), b["prompts"], b["harmful"].tolist(), b["domain_ids"].tolist()):
+            record = dm.eval_records[i]
+            assert (record.prompt, record.harmful, domain_index(record.domain)) == (prompt, harmful, domain)
+    subset = [b for b in dm.eval_dataloader(domain="Privacy", harmful=False)]
+    assert [p for b in subset for p in b["prompts"]] == ["eval benign privacy 0", "eval benign privacy 1"]
+    assert len(dm.test_dataloader().dataset) == 35
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sharded_eval_sampler_equal_shards_each_item_once(world_size):
+    dataset = ExampleDataset([{"input_ids": [i], "index": i, "domain_id": 0, "harmful": True, "prompt": str(i)} for i in range(7)])
+    shards = [list(ShardedEvalSampler(dataset, num_replicas=world_size, rank=r)) for r in range(world_size)]
+    assert isinstance(ShardedEvalSampler(dataset, world_size, 0), DistributedSampler)
+    assert len({len(s) for s in shards}) == 1 and all(len(ShardedEvalSampler(dataset, world_size, r)) == len(shards[0]) for r in range(world_size))
+    items = [dataset[i] for shard in shards for i in shard]
+    valid = [item["index"] for item in items if item.get("valid", True)]
+    assert sorted(valid) == list(range(7))
+    assert all(dataset[i].get("valid", True) == (i >= 0) for shard in shards for i in shard)
+
+
+def test_eval_loader_shards_across_ranks(data, tokenizer):
+    seen, batch_counts = [], []
+    for rank in range(3):
+        dm = make(data, tokenizer, eval_batch_size=4).load()
+        dm.trainer = types.SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 3, "rank": rank}, lightning_module=None)
+        loader = dm.val_dataloader()
+        assert isinstance(loader.sampler, ShardedEvalSampler)
+        batches = list(loader)
+        batch_counts.append(len(batches))
+        seen += [i for b in batches for i, ok in zip(b["index"].tolist(), b["valid"].tolist()) if ok]
+    assert len(set(batch_counts)) == 1 and sorted(seen) == list(range(35))
+
+
+def test_tokenizer_from_trainer_module(data, tokenizer):
+    dm = make(data)
+    with pytest.raises(RuntimeError, match="no tokenizer"):
+        dm.tokenizer
+    dm.trainer = types.SimpleNamespace(lightning_module=types.SimpleNamespace(tokenizer=tokenizer), distributed_sampler_kwargs=None)
+    assert dm.tokenizer is tokenizer
+
+
+def test_generated_forget_responses_are_cached(data, tokenizer, tmp_path):
+    calls = []
+
+    def generate_responses(prompts):
+        calls.append(list(prompts))
+        return [f"generated for {p}" for p in prompts]
+
+    def attach(dm):
+        module = types.SimpleNamespace(tokenizer=tokenizer, generate_responses=generate_responses)
+        dm.trainer = types.SimpleNamespace(lightning_module=module, log_dir=str(tmp_path / "logs"), default_root_dir=str(tmp_path), is_global_zero=True, distributed_sampler_kwargs=None)
+        return dm
+
+    dm = attach(make(data, target_domain="toxicity", forget_responses="generate", batch_size=4).load())
+    loader = dm.train_dataloader()
+    assert len(calls) == 1 and len(calls[0]) == 4
+    cache = tmp_path / "logs" / "self_responses.jsonl"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert {r["prompt"] for r in rows} == {r.prompt for r in dm.forget_records}
+    labels = next(iter(loader))[0]["forget"]["labels"][0]
+    text = tokenizer.decode(labels[labels != IGNORE_INDEX])
+    assert text.startswith("generated for harmful toxicity")
+    attach(make(data, target_domain="toxicity", forget_responses="generate").load()).train_dataloader()
+    assert len(calls) == 1  # second run reused the cache
+
+
+class _TinyModule(pl.LightningModule):
+    """Consumes the datamodule's batches in a real Trainer loop (sizes only)."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.embedding = torch.nn.Embedding(len(tokenizer), 4)
+        self.seen = Counter()
+
+    def training_step(self, batch, batch_idx):
+        self.seen.update(list(batch))
+        return sum(self.embedding(b["input_ids"]).mean() for b in batch.values())
+
+    def validation_step(self, batch, batch_idx):
+        self.seen["val"] += int(batch["valid"].sum())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_trainer_runs_the_loaders(data, tokenizer, tmp_path):
+    module = _TinyModule(tokenizer)
+    dm = make(data, target_domain="bias", batch_size=2, eval_batch_size=8)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert module.seen["forget"] == 2 and module.seen["retain"] == 2 and module.seen["val"] == 35
