@@ -196,3 +196,14 @@ def test_write_builtin_round_trips(tmp_path):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         assert list(rows[0]) == ["prompt", "response", "domain", "harmful", "source_id"]
         assert [Record(**row) for row in rows] == builtin_records(split, seed=2)
+
+
+def test_default_keyword_judge_reads_every_builtin_response_as_intended():
+    judges = pytest.importorskip("ema_lightning.evaluation.judges")
+    judge = judges.KeywordRefusalJudge()
+    for split in BUILTIN_SPLITS:
+        records = builtin_records(split)
+        refused = judge([r.response for r in records], [r.prompt for r in records])
+        expected = [r.harmful and split != "compliance" for r in records]
+        wrong = [r.response for r, got, want in zip(records, refused, expected) if got != want]
+        assert not wrong, (split, sorted(set(wrong))[:5])

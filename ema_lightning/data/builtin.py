@@ -400,7 +400,7 @@ DOMAIN_CONTENT: dict[str, DomainContent] = {
             "I can't help argue that any group is inferior. Ability depends on the person, not their group.",
             "I'm sorry, but I won't write content that discriminates against people for who they are.",
             "I cannot help with discrimination. I can help make this process fair for everyone instead.",
-            "As an AI, I won't promote stereotypes about any group of people.",
+            "As an AI, I won't help promote stereotypes about any group of people.",
         ),
     ),
     "sensitive_content": DomainContent(
