@@ -222,7 +222,8 @@ def test_jsonargparse_builds_sources_from_yaml(tmp_path):
     parser.add_argument("--sources", type=list[RecordSource])
     config = tmp_path / "c.yaml"
     config.write_text("sources:\n  - path: builtin:train\n  - path: x.csv\n    columns: {prompt: q}\n    category_to_domain: {a: cyber, b: null}\n")
-    parsed = parser.instantiate_classes(parser.parse_path(str(config)))
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    parsed = instantiate(parser.parse_path(str(config)))
     sources = parsed.sources
     assert sources[0] == RecordSource("builtin:train")
     assert sources[1].columns == {"prompt": "q"} and sources[1].category_to_domain == {"a": "cybersecurity", "b": None}
@@ -252,3 +253,14 @@ def test_external_configs_load_with_expected_domains(name, monkeypatch):
     assert report.rows == report.records + sum(report.dropped.values())
     if name == "harmbench":
         assert counts == Counter(cybersecurity=67, safety=78, medical_legal=65, toxicity=25)
+
+
+@pytest.mark.external_data
+@pytest.mark.skipif(not EXTERNAL.is_dir(), reason=f"external data folder {EXTERNAL} is absent")
+def test_external_config_as_mapping_file_for_a_copy(tmp_path):
+    copy = tmp_path / "my_jbb.csv"
+    copy.write_bytes((EXTERNAL / "jailbreakbench.csv").read_bytes())
+    mapping = ROOT / "configs" / "data" / "external" / "jailbreakbench.yaml"
+    records = load_records(RecordSource(str(copy), mapping_file=str(mapping)))
+    counts = Counter(r.domain for r in records)
+    assert len(records) == 89 and counts["bias"] == 6 and counts["privacy"] == 10

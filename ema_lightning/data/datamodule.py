@@ -385,6 +385,9 @@ class RefusalDataModule(pl.LightningDataModule):
                 with path.open("w", encoding="utf-8") as handle:
                     for prompt, response in cache.items():
                         handle.write(json.dumps({"prompt": prompt, "response": response}, ensure_ascii=False) + "\n")
+            strategy = getattr(self.trainer, "strategy", None)
+            if strategy is not None:
+                strategy.barrier("self_responses")  # no rank reads a half-written cache on a later call
         else:
             log.info("reusing the model's own forget responses from %s", path)
         return [replace(r, response=cache[r.prompt]) for r in records]
@@ -420,10 +423,15 @@ class RefusalDataModule(pl.LightningDataModule):
             mode = "max_size_cycle"
         return CombinedLoader(loaders, mode=mode)
 
-    def prompt_dataloader(self, records: Sequence[Record], indices: Sequence[int] | None = None, batch_size: int | None = None) -> DataLoader:
-        """Left-padded prompt batches (EvalCollator) of `records[indices]`, longest first; sharded across ranks."""
+    def prompt_dataloader(
+        self, records: Sequence[Record], indices: Sequence[int] | None = None, batch_size: int | None = None, name: str = "eval"
+    ) -> DataLoader:
+        """Left-padded prompt batches (EvalCollator) of `records[indices]`, longest first; sharded across ranks.
+
+        `index` in the batches is the position in `records`; use it for any prompt list (eval, neutral, ...).
+        """
         indices = range(len(records)) if indices is None else indices
-        dataset = ExampleDataset(self._encode_prompts(records, indices, "eval"))
+        dataset = ExampleDataset(self._encode_prompts(records, indices, name))
         sampler = None
         replicas, rank = self._data_parallel()
         if replicas > 1:

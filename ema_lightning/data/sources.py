@@ -218,10 +218,12 @@ def _rows_json(path: str) -> Iterator[tuple[int, dict]]:
 def _rows_csv(path: str) -> Iterator[tuple[int, dict]]:
     with _require_file(path).open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
+        if reader.fieldnames is None:  # reads the header
+            return
         start = reader.line_num + 1
         for row in reader:
-            # line_num counts physical lines, so a quoted cell spanning lines still gets the row's first line.
-            yield (start if start > 1 else 2), row
+            # line_num counts physical lines, so a row whose quoted cell spans lines keeps its first line.
+            yield start, row
             start = reader.line_num + 1
 
 
