@@ -221,12 +221,13 @@ DEFAULT_COMPLIANCE_OPENERS: tuple[str, ...] = (
 
 
 def first_token_ids(tokenizer, openers: Sequence[str]) -> list[int]:
-    """Distinct first token ids of each opener, as it starts a response and after a space."""
+    """Distinct first token ids of each opener, as it starts a response and after a space (unknown token skipped)."""
     ids: list[int] = []
+    unk = getattr(tokenizer, "unk_token_id", None)
     for opener in openers:
         for text in (opener, " " + opener):
             tokens = tokenizer.encode(text, add_special_tokens=False)
-            if tokens and tokens[0] not in ids:
+            if tokens and tokens[0] != unk and tokens[0] not in ids:
                 ids.append(tokens[0])
     return ids
 
