@@ -67,18 +67,18 @@ class TinyData(pl.LightningDataModule):
         return DataLoader(torch.randint(4, self.n_tokens, (8, 6), generator=g), batch_size=4)
 
 
-def fit(tmp_path, callback, **trainer_kwargs) -> pl.Trainer:
+def fit(tmp_path, callback, max_steps=2, ckpt_path=None, **trainer_kwargs) -> pl.Trainer:
     module = TinyModule()
     trainer = pl.Trainer(
         default_root_dir=tmp_path,
-        max_steps=2,
+        max_steps=max_steps,
         accelerator="cpu",
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[callback, *trainer_kwargs.pop("callbacks", [])],
         **trainer_kwargs,
     )
-    trainer.fit(module, datamodule=TinyData(len(module.tokenizer)))
+    trainer.fit(module, datamodule=TinyData(len(module.tokenizer)), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -118,3 +118,30 @@ def test_callback_without_logger_or_checkpoints_writes_baseline_and_final(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["step=0.safetensors", "step=2.safetensors"]
     assert ConceptVectors.load(out / "step=2.safetensors").position == "mean"
     assert sorted(callback.history) == [0, 2]
+    assert callback.extract_seconds > 0
+
+
+def test_weights_only_checkpoints_every_second_one(tmp_path):
+    callback = ConceptVectorCallback(batch_size=64, every_n_checkpoints=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, save_weights_only=True)
+    fit(tmp_path, callback, max_steps=3, logger=False, callbacks=[checkpoint])
+    # Checkpoints at steps 1, 2, 3: the first and the third are extracted, with the baseline.
+    assert sorted(callback.history) == [0, 1, 3]
+    assert sorted(p.name for p in (tmp_path / "concept_vectors").iterdir()) == [
+        "step=0.safetensors", "step=1.safetensors", "step=3.safetensors"]
+
+
+def test_resumed_fit_keeps_the_original_baseline(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    fit(tmp_path, ConceptVectorCallback(batch_size=64), logger=logger, callbacks=[checkpoint])
+    out = tmp_path / "run" / "version_0" / "concept_vectors"
+    baseline = ConceptVectors.load(out / "step=0.safetensors")
+
+    callback = ConceptVectorCallback(batch_size=64)
+    resumed_logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    fit(tmp_path, callback, max_steps=3, ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=2.ckpt"), logger=resumed_logger)
+    assert callback.baseline.step == 0
+    torch.testing.assert_close(callback.baseline.vectors, baseline.vectors)
+    assert sorted(callback.history) == [0, 3]
+    assert (out / "step=3.safetensors").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,8 +23,9 @@ class ConceptVectorCallback(pl.Callback):
     Writes `<log_dir>/<dirname>/step=N.safetensors` (rank 0; every rank takes part in the capture).
     Prompts come from `trainer.datamodule.eval_records` (harmful per domain; benign ones join the
     harmless side of the refusal direction) and `trainer.datamodule.neutral_records`. The hook is
-    `on_save_checkpoint`, which Lightning calls on every rank for every checkpoint save (whichever
-    callback triggers it); `on_train_end` adds the final step when no checkpoint was saved there.
+    `on_save_checkpoint`, which Lightning calls on every rank for every full checkpoint save (whichever
+    callback triggers it); weights-only saves are caught at the next batch start (same weights, same
+    step), and `on_train_end` adds the final step when no checkpoint was saved there.
     """
 
     def __init__(
@@ -57,11 +59,13 @@ class ConceptVectorCallback(pl.Callback):
         self.history: dict[int, ConceptVectors] = {}
         self._checkpoint_steps: set[int] = set()
         self._output_dir: Path | None = None
+        self.extract_seconds = 0.0
+        """Wall time spent by this callback (capture, files, figures) during the last fit: the study's cost figure."""
 
     # Lightning hooks --------------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.baseline, self.history, self._checkpoint_steps = None, {}, set()  # a fresh fit, a fresh baseline
+        self.baseline, self.history, self._checkpoint_steps, self.extract_seconds = None, {}, set(), 0.0  # a fresh fit, a fresh baseline
         # trainer.log_dir broadcasts under DDP, so every rank resolves it here, together.
         self._output_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
         baseline_file = self._output_dir / "step=0.safetensors"
@@ -72,6 +76,26 @@ class ConceptVectorCallback(pl.Callback):
         self._extract(trainer, pl_module)  # the first extraction is the baseline
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._checkpoint_saved(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        # Weights-only checkpoints skip callbacks' on_save_checkpoint; catch them before the next optimizer step.
+        if self._saved_this_step(trainer):
+            self._checkpoint_saved(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._output_dir is None:
+            return
+        if self._saved_this_step(trainer):
+            self._checkpoint_saved(trainer, pl_module)
+        if trainer.global_step not in self.history:  # the final weights, checkpointed or not
+            self._extract(trainer, pl_module)
+
+    def _saved_this_step(self, trainer: pl.Trainer) -> bool:
+        step = trainer.global_step
+        return step > 0 and any(getattr(c, "_last_global_step_saved", None) == step for c in trainer.checkpoint_callbacks)
+
+    def _checkpoint_saved(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         if self._output_dir is None or step in self._checkpoint_steps:
             return  # before training, or a second checkpoint callback saving at the same step
@@ -79,13 +103,10 @@ class ConceptVectorCallback(pl.Callback):
         if (len(self._checkpoint_steps) - 1) % self.every_n_checkpoints == 0 and step not in self.history:
             self._extract(trainer, pl_module)
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._output_dir is not None and trainer.global_step not in self.history:
-            self._extract(trainer, pl_module)
-
     # Work ---------------------------------------------------------------------------------------------
 
     def _extract(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ConceptVectors:
+        start = time.perf_counter()
         records, neutral = self._prompts(trainer)
         vectors = extract_concept_vectors(
             pl_module.model,
@@ -105,6 +126,7 @@ class ConceptVectorCallback(pl.Callback):
             path = vectors.save(self._output_dir / f"step={vectors.step}.safetensors")
             log.info("concept vectors at step %d written to %s", vectors.step, path)
             self._log(trainer, vectors, self._target(trainer, pl_module))
+        self.extract_seconds += time.perf_counter() - start  # capture, file and figures: the callback's whole cost
         return vectors
 
     def _prompts(self, trainer: pl.Trainer) -> tuple[list, list]:
