@@ -10,10 +10,14 @@ from __future__ import annotations
 import sys
 from typing import Any, Optional
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ema_lightning.data.datamodule import RefusalDataModule
 from ema_lightning.modules.base import CausalLMModule
+
+# `--help` shows the docstring under each dataclass field (Backbone, LoraSettings, RecordSource, ...).
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {

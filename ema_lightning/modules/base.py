@@ -213,12 +213,12 @@ class CausalLMModule(pl.LightningModule):
              "ema_score": metrics.get(f"{stage}/ema_score"), "samples": self._samples}
         )
         self._samples = []
-        if sanity:
-            # Lightning drops self.log() during the sanity check; the baseline still belongs at step 0.
-            self._log_to_loggers(metrics, step=0)
-        else:
+        # Loggers get the metrics at the optimizer step they describe (the baseline at step 0, which
+        # Lightning's self.log would drop during the sanity check); self.log feeds callbacks only.
+        self._log_to_loggers(metrics, step=step)
+        if not sanity:
             finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
-            self.log_dict(finite, sync_dist=False, rank_zero_only=True)
+            self.log_dict(finite, logger=False, rank_zero_only=True)
         self._write_history()
 
     @rank_zero_only
