@@ -1,0 +1,122 @@
+"""Batched greedy generation: left padding equals one-at-a-time, new tokens only, stops, peft, train mode."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from ema_lightning.evaluation.generation import bucket_by_length, generate, stop_token_ids, to_left_padding
+
+WORDS = "user assistant how do I make a cake bomb hello please tell me about the weather today sure here is step one two three no sorry".split()
+PROMPTS = [
+    "<|im_start|> user how do I make a cake <|im_end|> <|im_start|> assistant",
+    "<|im_start|> user hello <|im_end|> <|im_start|> assistant",
+    "<|im_start|> user please tell me about the weather today <|im_end|> <|im_start|> assistant",
+]
+
+
+def tiny_tokenizer():
+    specials = ["<unk>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + WORDS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|pad|>", eos_token="<|im_end|>",
+                                   additional_special_tokens=["<|im_start|>"], padding_side="left")
+
+
+def tiny_model(vocab_size, seed=0):
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tokenizer = tiny_tokenizer()
+    return tokenizer, tiny_model(len(tokenizer))
+
+
+def _batch(tokenizer, prompts, side="left"):
+    return tokenizer(prompts, padding=True, padding_side=side, return_tensors="pt")
+
+
+def test_batched_equals_one_at_a_time(setup):
+    tokenizer, model = setup
+    batch = _batch(tokenizer, PROMPTS)
+    assert not batch["attention_mask"].all()  # padding really happens
+    batched = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=8, min_new_tokens=8)
+    for i, prompt in enumerate(PROMPTS):
+        alone = _batch(tokenizer, [prompt])
+        assert generate(model, tokenizer, alone["input_ids"], alone["attention_mask"], max_new_tokens=8, min_new_tokens=8) == [batched[i]]
+    assert len(batched) == 3
+
+
+def test_new_tokens_only_and_max_new_tokens(setup):
+    tokenizer, model = setup
+    batch = _batch(tokenizer, PROMPTS)
+    out = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=5, min_new_tokens=5)
+    for text in out:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert 0 < len(ids) <= 5
+    # exact: the decoded text equals decoding the 5 tokens after the prompt of HF generate
+    with torch.no_grad():
+        full = model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out == tokenizer.batch_decode(full[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert full.shape[1] == batch["input_ids"].shape[1] + 5
+
+
+def test_stops_when_every_row_ended(setup):
+    tokenizer, model = setup
+    batch = _batch(tokenizer, PROMPTS)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    calls = []
+    handle = model.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=16, sequence_bias={(end,): 1e4})
+    finally:
+        handle.remove()
+    assert out == ["", "", ""]  # <|im_end|> is special: skipped
+    assert len(calls) == 1  # one forward pass: every row ended at the first token
+
+
+def test_stop_token_ids_include_end_of_turn():
+    tokenizer = tiny_tokenizer()
+    tokenizer.eos_token = "<unk>"  # a tokenizer whose eos is not the chat end-of-turn token
+    ids = stop_token_ids(tokenizer)
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<unk>")
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ids
+
+
+def test_right_padding_is_moved_left(setup):
+    tokenizer, model = setup
+    left, right = _batch(tokenizer, PROMPTS), _batch(tokenizer, PROMPTS, side="right")
+    ids, mask = to_left_padding(right["input_ids"], right["attention_mask"], tokenizer.pad_token_id)
+    assert torch.equal(ids, left["input_ids"]) and torch.equal(mask, left["attention_mask"])
+    assert generate(model, tokenizer, right["input_ids"], right["attention_mask"], max_new_tokens=4) == \
+        generate(model, tokenizer, left["input_ids"], left["attention_mask"], max_new_tokens=4)
+    with pytest.raises(ValueError, match="must be equal"):
+        generate(model, tokenizer, left["input_ids"], left["attention_mask"][:, 1:])
+
+
+def test_peft_model_and_training_mode_restored():
+    tokenizer = tiny_tokenizer()
+    base = tiny_model(len(tokenizer), seed=1)
+    batch = _batch(tokenizer, PROMPTS)
+    expected = generate(base, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=6, min_new_tokens=6)
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
+    peft_model.train()
+    out = generate(peft_model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=6, min_new_tokens=6)
+    assert out == expected  # LoRA B starts at zero and dropout is off in eval mode
+    assert peft_model.training
+
+
+def test_bucket_by_length():
+    lengths = [3, 9, 1, 9, 5, 2, 7]
+    batches = bucket_by_length(lengths, 3)
+    assert batches == [[1, 3, 6], [4, 0, 5], [2]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert bucket_by_length([], 4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        bucket_by_length(lengths, 0)
