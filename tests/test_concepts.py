@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from ema_lightning.concepts import analysis
 from ema_lightning.concepts.capture import capture_activations
+from ema_lightning.concepts.plots import concept_report_section
 from ema_lightning.concepts.vectors import (
     ConceptVectors,
     concept_vectors,
@@ -316,15 +317,11 @@ def test_report_section_writes_its_figures(tmp_path):
     after = ConceptVectors(concept_vectors(shifted, neutral), base.refusal_direction, base.counts, step=50)
     drop = {"cybersecurity": 0.1, "safety": 0.05, "toxicity": 0.0, "sensitive_content": 0.2, "medical_legal": 0.1, "privacy": 0.6}
     report_dir = tmp_path / "report"
-    markdown = analysis_section = None
-    from ema_lightning.concepts.plots import concept_report_section
-
     markdown = concept_report_section(base, after, drop, "bias", report_dir / "figures", relative_to=report_dir)
-    analysis_section = markdown
     pngs = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
     assert len(pngs) == 8, pngs
     for name in pngs:
-        assert f"(figures/{name})" in analysis_section
+        assert f"(figures/{name})" in markdown
         assert (report_dir / "figures" / name).stat().st_size > 1000
     assert "| Spearman |" in markdown and "| Pearson |" in markdown and "Unlearning Bias" in markdown.title()
     assert "| Privacy |" in markdown and "| Bias |" not in markdown  # the target is left out of the table

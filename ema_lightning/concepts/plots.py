@@ -54,7 +54,8 @@ def cosine_heatmap_figure(matrix, domains: Sequence[str] = DOMAINS, title: str =
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             if math.isfinite(matrix[i, j]):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                color = "white" if abs(matrix[i, j]) > 0.6 else "black"
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="cosine similarity")
     ax.set_title(title)
     fig.tight_layout()
