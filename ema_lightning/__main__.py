@@ -1,3 +1,5 @@
-from ema_lightning.cli import main
+import sys
 
-main()
+from ema_lightning.cli import run
+
+sys.exit(run())

@@ -73,8 +73,14 @@ def main(args: Optional[list[str]] = None) -> Any:
         from ema_lightning.concepts.extract import extract_main
 
         return extract_main(argv[1:])
-    return EMALightningCLI(args=argv)
+    return EMALightningCLI(args=argv if args is not None else None)
+
+
+def run() -> int:
+    """Console-script entry: run `main()` and exit 0 (errors exit non-zero with their message)."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run())
