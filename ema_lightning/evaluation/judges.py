@@ -279,8 +279,12 @@ class LogitRefusalJudge:
         model.eval()
         try:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False).logits[:, -1, :].float()
+            inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            try:  # only the last position's logits are needed: skip the LM head elsewhere where supported
+                output = model(**inputs, logits_to_keep=1)
+            except TypeError:
+                output = model(**inputs)
+            logits = output.logits[:, -1, :].float()
         finally:
             model.train(was_training)
         refusal = torch.tensor(self.refusal_ids, device=logits.device)
