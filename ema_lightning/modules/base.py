@@ -108,6 +108,10 @@ class CausalLMModule(pl.LightningModule):
         if backbone.tiny is not None and "vocab_size" not in backbone.tiny:
             backbone = dataclasses.replace(backbone, tiny={**backbone.tiny, "vocab_size": len(self.tokenizer)})
         self.model = load_model(backbone)
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the decoder layers
+            from ema_lightning.distributed import shard_model
+
+            shard_model(self.model, self.device_mesh)
         trainable, total = count_parameters(self.model)
         log.info("backbone loaded: %s parameters, %s trainable", f"{total:,}", f"{trainable:,}")
         self.on_model_built()
@@ -263,6 +267,9 @@ class CausalLMModule(pl.LightningModule):
         if self.export == "none" or self.model is None:
             return None
         directory = Path(directory) if directory is not None else (self.run_dir or Path(".")) / "export"
+        from ema_lightning.distributed import full_state_dict
+
+        state = full_state_dict(self.model)  # collective under FSDP2: every rank takes part
         if self.global_rank != 0:
             return directory
         model, export = self.model, self.export
@@ -270,25 +277,26 @@ class CausalLMModule(pl.LightningModule):
             log.warning("export='adapter' without LoRA: writing the full model instead")
             export = "full"
         if export == "adapter":
-            model.save_pretrained(directory / "adapter")
+            model.save_pretrained(directory / "adapter", state_dict=state)
             self.tokenizer.save_pretrained(directory / "adapter")
             if self.backbone.tiny is not None:
                 base = model.get_base_model()
-                base.save_pretrained(directory / "base", state_dict=base_state_dict(base))
+                base.save_pretrained(directory / "base", state_dict=base_state_dict(base, state))
                 self.tokenizer.save_pretrained(directory / "base")
         else:
             if export == "merged" and self.uses_lora:
                 model = self.model = model.merge_and_unload()
-            model.save_pretrained(directory / "model")
+            model.save_pretrained(directory / "model", state_dict=state)
             self.tokenizer.save_pretrained(directory / "model")
         log.info("exported %s to %s", export, directory)
         return directory
 
 
-def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def base_state_dict(model: torch.nn.Module, full: Optional[dict] = None) -> dict[str, torch.Tensor]:
     """State dict of a LoRA-injected model as the plain base model would have it."""
     state = {}
-    for key, value in model.state_dict().items():
+    source = model.state_dict() if full is None else {k.removeprefix("base_model.model."): v for k, v in full.items()}
+    for key, value in source.items():
         if "lora_" in key or "lora_magnitude" in key:
             continue
         state[key.replace(".base_layer.", ".")] = value

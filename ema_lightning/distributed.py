@@ -1,0 +1,38 @@
+"""Distributed helpers: FSDP2 sharding of the decoder layers and full-state export.
+
+`shard_model` is called from `CausalLMModule.configure_model` when the strategy gives the module a
+device mesh (Lightning's ModelParallelStrategy); `full_state_dict` gathers sharded weights for export.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def shard_model(model: torch.nn.Module, device_mesh) -> torch.nn.Module:
+    """Apply FSDP2 `fully_shard` to every decoder layer, then to the whole model."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
+    for module in model.modules():
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def full_state_dict(model: torch.nn.Module, trainable_only: bool = False) -> Optional[dict[str, torch.Tensor]]:
+    """The unsharded state dict on every rank when `model` is FSDP2-sharded; None otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    state = model.state_dict()
+    if not any(isinstance(v, DTensor) for v in state.values()):
+        return None
+    names = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else None
+    return {
+        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
+        for k, v in state.items()
+        if names is None or k in names
+    }
