@@ -76,7 +76,8 @@ class Study:
 def _cli(argv: list[str], run: bool):
     from ema_lightning.cli import EMALightningCLI
 
-    return EMALightningCLI(args=argv, run=run)
+    # Without run, LightningCLI has no subcommands: drop the leading "fit".
+    return EMALightningCLI(args=argv if run else argv[1:], run=run)
 
 
 def _fit_argv(config: list[str], args: list[str], output_dir: str, name: str, extra: list[str]) -> list[str]:
@@ -203,7 +204,7 @@ def run_study(study: Study) -> Path:
         cli = _cli(_fit_argv(run.config, run.args + study.args, study.output_dir, run.name, base_args), run=True)
         wall = time.perf_counter() - t0
         timings[run.name] = wall
-        extra = {"concept_seconds": getattr(_concept_callback(cli.trainer), "seconds", 0.0)}
+        extra = {"concept_seconds": getattr(_concept_callback(cli.trainer), "extract_seconds", 0.0)}
         results.append(RunResult(run.name, fact["target"], fact["method"], fact["contained"],
                                  str(cli.trainer.log_dir), list(cli.model.history), wall, extra))
     (Path(study.output_dir)).mkdir(parents=True, exist_ok=True)
@@ -239,7 +240,7 @@ def concept_sections(results: list[RunResult], out_dir: Path) -> list[str]:
         base, after = ConceptVectors.load(files[0]), ConceptVectors.load(files[-1])
         drop = {d: run.baseline["refusal"][d] - run.final["refusal"][d] for d in DOMAINS}
         sections.append(f"\n## Concept vectors: target {target} (run `{run.name}`)\n")
-        sections.append(concept_report_section(base, after, drop, target, out_dir / "figures"))
+        sections.append(concept_report_section(base, after, drop, target, out_dir / "figures", relative_to=out_dir))
     return sections
 
 
