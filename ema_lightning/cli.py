@@ -77,8 +77,21 @@ def main(args: Optional[list[str]] = None) -> Any:
 
 
 def run() -> int:
-    """Console-script entry: run `main()` and exit 0 (errors exit non-zero with their message)."""
-    main()
+    """Console-script entry: exit 0 on success; a configuration or data error prints one line
+    (`ema-lightning: error: <file>:<line>: field ...`) and exits 2. EMA_LIGHTNING_DEBUG=1 shows tracebacks."""
+    import os
+
+    from ema_lightning.data.records import RecordError
+    from ema_lightning.domains import UnknownDomainError
+
+    expected: tuple[type[BaseException], ...] = (RecordError, UnknownDomainError, FloatingPointError, ValueError)
+    try:
+        main()
+    except expected as error:
+        if os.environ.get("EMA_LIGHTNING_DEBUG"):
+            raise
+        print(f"ema-lightning: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -11,6 +11,8 @@ from ema_lightning.concepts import analysis, plots
 from ema_lightning.concepts.vectors import ConceptVectors, extract_concept_vectors
 from ema_lightning.data.records import Record
 from ema_lightning.domains import DOMAINS, canonical_domain
+from ema_lightning.backbone import Backbone
+from ema_lightning.data.sources import RecordSource
 
 
 def extract(
@@ -84,3 +86,68 @@ def cap_prompts(records: Sequence[Record], neutral_records: Sequence[Record], k:
         if seen[key] <= k:
             kept.append(record)
     return kept, list(neutral_records)[: k * len(DOMAINS)]
+
+
+def extract_from_backbone(
+    backbone: Backbone,
+    output: str,
+    adapter: str | None = None,
+    checkpoint: str | None = None,
+    records: list[RecordSource] | None = None,
+    neutral: list[RecordSource] | None = None,
+    position: str = "last",
+    batch_size: int = 32,
+    probe: bool = False,
+    target: str | None = None,
+    max_prompts_per_domain: int | None = None,
+    system_prompt: str | None = None,
+) -> ConceptVectors:
+    """`ema-lightning extract`: concept vectors of any model, adapter or Lightning checkpoint.
+
+    Args:
+        backbone: the base model (hub id, local dir, GGUF or tiny config) and its LoRA settings.
+        output: directory for `step=N.safetensors` and the heatmaps.
+        adapter: a PEFT adapter folder (e.g. `<run>/export/adapter`) loaded onto the base.
+        checkpoint: a Lightning checkpoint of a run (its trainable weights are loaded; step from it).
+        records: evaluation prompts (default: the built-in eval split).
+        neutral: domain-free harmless prompts (default: the built-in neutral split).
+        position: "last" (post-instruction token) or "mean" over prompt tokens.
+        batch_size: prompts per forward pass.
+        probe: also fit linear probes (second estimator).
+        target: unlearning target domain, for the similarity-to-target figure.
+        max_prompts_per_domain: cap on harmful and on benign prompts per domain.
+        system_prompt: system prompt for the chat template.
+    """
+    from ema_lightning.backbone import load_model, load_tokenizer
+    from ema_lightning.data.sources import load_all
+    from ema_lightning.modules.base import resolve_backbone
+
+    eval_records = load_all(records or [RecordSource("builtin:eval")], what="eval")
+    neutral_records = load_all(neutral or [RecordSource("builtin:neutral")], what="neutral")
+    backbone = resolve_backbone(backbone)
+    tokenizer = load_tokenizer(backbone)
+    model = load_model(backbone)
+    step = 0
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    if checkpoint:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        step = int(state.get("global_step", 0))
+        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
+        missing = set(weights) - set(model.state_dict())
+        if missing:
+            raise ValueError(f"{checkpoint}: {len(missing)} weights do not fit the backbone (e.g. {sorted(missing)[0]}); "
+                             "give the backbone (and LoRA settings) the run was trained with")
+        model.load_state_dict(weights, strict=False)
+    return extract(model, tokenizer, eval_records, neutral_records, output, position=position, batch_size=batch_size,
+                   probe=probe, target=target, step=step, max_prompts_per_domain=max_prompts_per_domain,
+                   system_prompt=system_prompt)
+
+
+def extract_main(argv: list[str]) -> ConceptVectors:
+    """Parse `ema-lightning extract` arguments (or a --config YAML) and run the extraction."""
+    from jsonargparse import CLI
+
+    return CLI(extract_from_backbone, args=argv, as_positional=False)
