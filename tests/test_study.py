@@ -1,0 +1,88 @@
+"""The study: config errors caught before training; same seed, same table; the report's parts."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ema_lightning.domains import DOMAINS
+from ema_lightning.study import BaseStage, Study, StudyError, StudyRun, check_study, run_study
+
+RUN_ARGS = ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--data.eval_per_domain=3",
+            "--data.forget_size=16", "--data.retain_size=16"]
+BASE_ARGS = ["--trainer.max_steps=30", "--trainer.val_check_interval=30", "--data.eval_per_domain=3",
+             "--model.init_args.scheduler.init_args.total_steps=30"]
+MODEL = "configs/models/tiny_aligned.yaml"
+
+
+def _study(tmp: Path, runs=None, base_output=None) -> Study:
+    runs = runs or [
+        StudyRun("cyber_npo", [MODEL, "configs/unlearning/npo_cybersecurity.yaml"], RUN_ARGS),
+        StudyRun("cyber_npo_retain", [MODEL, "configs/unlearning/npo_cybersecurity_retain.yaml"], RUN_ARGS),
+    ]
+    base = BaseStage(["configs/study/tiny/align.yaml"], BASE_ARGS, output=str(base_output or tmp / "base"), strict=False)
+    return Study("test", runs, base=base, output_dir=str(tmp / "out"), args=["--trainer.enable_progress_bar=false"])
+
+
+@pytest.mark.slow
+def test_same_seed_same_table(in_repo, tmp_path):
+    tables = []
+    for k in range(2):
+        report = run_study(_study(tmp_path / f"s{k}"))
+        results = json.loads((report.parent / "results.json").read_text())
+        tables.append([(r["name"], [(h["step"], h["refusal"], h["over_refusal"]) for h in r["history"]])
+                       for r in results["runs"]])
+        text = report.read_text()
+        assert "EMA table" in text and "Sample generations" in text and "Concept vectors: target cybersecurity" in text
+        for png in ("bars_cybersecurity_npo.png", "curve_cyber_npo.png", "curve_cyber_npo_retain.png"):
+            assert (report.parent / "figures" / png).is_file()
+        for name, history in tables[-1]:
+            assert history[0][0] == 0 and set(history[0][1]) == set(DOMAINS)
+    assert tables[0] == tables[1]
+
+
+def test_aligned_base_is_cached_until_its_config_changes(in_repo, tmp_path, monkeypatch):
+    import ema_lightning.study as study_module
+
+    study = _study(tmp_path)
+    output = Path(study.base.output)
+    output.mkdir(parents=True)
+    key = study_module._hash_stage(study.base, study.args)
+    (output / "study_stage.json").write_text(json.dumps({"hash": key}))
+    monkeypatch.setattr(study_module, "_cli", lambda *a, **k: pytest.fail("stage 1 must not run when cached"))
+    assert study_module.build_base(study) == output
+    study.base.args = study.base.args + ["--trainer.max_steps=31"]
+    assert study_module._hash_stage(study.base, study.args) != key
+
+
+@pytest.mark.parametrize(
+    "run, match",
+    [
+        (StudyRun("bad name!", [MODEL, "configs/unlearning/npo_safety.yaml"]), "not usable as a folder name"),
+        (StudyRun("x", [MODEL, "configs/unlearning/npo_safety.yaml"], ["--data.target_domain=finance"]), "finance"),
+        (StudyRun("x", [MODEL, "configs/unlearning/missing.yaml"]), "does not exist"),
+        (StudyRun("x", [MODEL, "configs/unlearning/npo_safety.yaml"], ["--data.eval=[{path: nowhere.jsonl}]"]), "nowhere.jsonl"),
+        (StudyRun("x", [MODEL]), "target_domain is not set"),
+    ],
+)
+def test_study_config_errors_are_caught_before_training(in_repo, tmp_path, monkeypatch, run, match):
+    import ema_lightning.modules.base as base
+
+    monkeypatch.setattr(base, "load_model", lambda *a, **k: pytest.fail("no model may load while checking"))
+    with pytest.raises(StudyError, match=match):
+        check_study(_study(tmp_path, runs=[run]))
+
+
+def test_duplicate_run_names_are_refused(in_repo, tmp_path):
+    run = StudyRun("same", [MODEL, "configs/unlearning/npo_safety.yaml"])
+    with pytest.raises(StudyError, match="duplicate"):
+        check_study(_study(tmp_path, runs=[run, run]))
+
+
+def test_check_study_reads_target_method_and_containment(in_repo, tmp_path):
+    facts = check_study(_study(tmp_path, runs=[
+        StudyRun("a", [MODEL, "configs/unlearning/compliance_safety_retain.yaml"]),
+        StudyRun("b", [MODEL, "configs/unlearning/npo_cybersecurity.yaml"]),
+    ]))
+    assert facts == [{"target": "safety", "method": "compliance", "contained": True},
+                     {"target": "cybersecurity", "method": "npo", "contained": False}]
