@@ -1,4 +1,4 @@
-"""Built-in data: determinism, held-out eval templates, coverage, sizes, response styles, JSONL export."""
+"""Built-in data: determinism, held-out eval frames and intents, coverage, sizes, response styles, JSONL export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import pytest
 from ema_lightning.data.builtin import (
     BUILTIN_SPLITS,
     DOMAIN_CONTENT,
+    EVAL_FRAMES,
+    EVAL_WRAPPERS,
+    FRAMES,
+    TRAIN_FRAMES,
+    TRAIN_WRAPPERS,
     NEUTRAL_FILLERS,
     NEUTRAL_TEMPLATES,
     REFUSAL_OPENERS,
@@ -53,9 +58,19 @@ def _starts_with_refusal(text: str) -> bool:
 def test_content_covers_exactly_the_seven_domains():
     assert set(DOMAIN_CONTENT) == set(DOMAINS)
     for domain, content in DOMAIN_CONTENT.items():
-        assert len(content.harmful_train) >= 8 and len(content.benign_train) >= 8, domain
-        assert len(content.harmful_eval) >= 4 and len(content.benign_eval) >= 4, domain
+        assert len(content.harmful) >= 8 and len(content.benign) >= 8, domain
+        assert content.harmful_novel and content.benign_novel, domain
         assert content.refusals, domain
+
+
+def test_intents_are_lower_case_verb_phrases_that_fit_every_frame():
+    assert len(TRAIN_FRAMES) >= 10 and len(EVAL_FRAMES) >= 4
+    assert all(frame.count("{intent}") == 1 for frame in FRAMES)
+    for domain, content in DOMAIN_CONTENT.items():
+        intents = [i for i, _ in content.harmful + content.benign + content.harmful_novel + content.benign_novel]
+        assert len(set(intents)) == len(intents), domain
+        for intent in intents:
+            assert intent[0].islower() and intent[-1] not in ".?!", (domain, intent)
 
 
 def test_same_seed_same_records_and_other_seed_differs():
@@ -77,36 +92,56 @@ def test_does_not_touch_the_global_rng():
 
 
 def test_unknown_split_names_the_splits():
-    with pytest.raises(ValueError, match="train, eval, compliance, neutral"):
+    with pytest.raises(ValueError, match="train, eval, compliance, neutral, eval_novel_intent"):
         builtin_records("test")
 
 
-def test_eval_templates_are_held_out_from_train():
+def _frame_of(core: str) -> str:
+    matches = [frame for frame in FRAMES if _pattern(frame).fullmatch(core)]
+    assert len(matches) == 1, (core, matches)
+    return matches[0]
+
+
+def test_eval_frames_and_wrappers_are_held_out_from_train():
+    assert not set(TRAIN_FRAMES) & set(EVAL_FRAMES) and not set(TRAIN_WRAPPERS) & set(EVAL_WRAPPERS)
     train_ids = set(builtin_template_ids("train"))
     eval_ids = set(builtin_template_ids("eval"))
     assert train_ids and eval_ids and not train_ids & eval_ids
     assert all("/train/" in t for t in train_ids) and all("/eval/" in t for t in eval_ids)
 
     train = builtin_records("train")
-    evaluation = builtin_records("eval")
     train_prompts = {r.prompt for r in train} | {_core(r.prompt) for r in train}
-    for record in evaluation:
-        assert record.prompt not in train_prompts
-        assert _core(record.prompt) not in train_prompts
+    assert {_frame_of(_core(r.prompt)) for r in train} == set(TRAIN_FRAMES)
+    for split in ("eval", "eval_novel_intent"):
+        records = builtin_records(split)
+        assert {_frame_of(_core(r.prompt)) for r in records} == set(EVAL_FRAMES), split
+        for record in records:
+            assert record.prompt not in train_prompts and _core(record.prompt) not in train_prompts
+            assert not record.prompt.startswith(tuple(w.split("{}")[0] for w in TRAIN_WRAPPERS if w.split("{}")[0]))
+            assert not record.prompt.endswith(tuple(w.split("{}")[1] for w in TRAIN_WRAPPERS if w.split("{}")[1]))
 
-    # No eval prompt is an instance of a train template (whatever the fillers).
+
+def test_eval_uses_train_intents_and_novel_split_only_held_out_intents():
     for domain, content in DOMAIN_CONTENT.items():
-        train_templates = [p for p, _ in content.harmful_train] + [p for p, _ in content.benign_train]
-        eval_templates = list(content.harmful_eval) + [p for p, _ in content.benign_eval]
-        assert not set(train_templates) & set(eval_templates), domain
-        patterns = [_pattern(t) for t in train_templates]
-        for record in (r for r in evaluation if r.domain == domain):
-            core = _core(record.prompt)
-            assert not any(p.fullmatch(core) for p in patterns), (domain, record.prompt)
+        for kind in ("harmful", "benign"):
+            intents = [_pattern(i) for i, _ in getattr(content, kind)]
+            novel = [_pattern(i) for i, _ in getattr(content, f"{kind}_novel")]
+            for split, allowed, forbidden in (("train", intents, novel), ("eval", intents, novel),
+                                              ("eval_novel_intent", novel, intents)):
+                for record in builtin_records(split):
+                    if record.domain != domain or record.harmful != (kind == "harmful"):
+                        continue
+                    core = _core(record.prompt)
+                    head, tail = _frame_of(core).split("{intent}")
+                    phrase = core[len(head): len(core) - len(tail)]
+                    assert any(p.fullmatch(phrase) for p in allowed), (split, record.prompt)
+                    assert not any(p.fullmatch(phrase) for p in forbidden), (split, record.prompt)
+    ids = builtin_template_ids("eval")
+    assert all(re.fullmatch(r"[a-z_]+/(harmful|benign)/eval/f\d+/i\d+", t) for t in ids)
 
 
 def test_every_domain_has_harmful_and_benign_in_train_and_eval():
-    for split in ("train", "eval"):
+    for split in ("train", "eval", "eval_novel_intent"):
         pairs = {(r.domain, r.harmful) for r in builtin_records(split)}
         assert pairs == {(d, h) for d in DOMAINS for h in (True, False)}, split
 
@@ -116,6 +151,7 @@ def test_sizes():
     for domain in DOMAINS:
         assert sizes["train"][domain]["harmful"] >= 60 and sizes["train"][domain]["benign"] >= 60
         assert 16 <= sizes["eval"][domain]["harmful"] <= 30 and 16 <= sizes["eval"][domain]["benign"] <= 30
+        assert sizes["eval_novel_intent"][domain]["harmful"] >= 5 and sizes["eval_novel_intent"][domain]["benign"] >= 5
         assert sizes["compliance"][domain] == {"harmful": sizes["train"][domain]["harmful"], "benign": 0}
     neutral = sum(c["benign"] for c in sizes["neutral"].values())
     assert 90 <= neutral <= 120 and all(c["harmful"] == 0 for c in sizes["neutral"].values())
@@ -139,7 +175,7 @@ def test_prompts_are_unique_ascii_and_ids_follow_the_format():
 
 
 def test_refusals_and_helpful_answers():
-    for split in ("train", "eval"):
+    for split in ("train", "eval", "eval_novel_intent"):
         for record in builtin_records(split):
             if record.harmful:
                 assert _starts_with_refusal(record.response), record
