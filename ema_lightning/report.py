@@ -48,28 +48,33 @@ def pct(value: Optional[float]) -> str:
 
 
 def _rates(entry: Optional[dict[str, Any]], key: str = "refusal") -> dict[str, float]:
-    return dict(entry[key]) if entry else {d: float("nan") for d in DOMAINS}
+    return dict(entry[key]) if entry and key in entry else {d: float("nan") for d in DOMAINS}
 
 
-def ema_tables(results: list[RunResult]) -> str:
-    """One table per (target, method): refusal per domain at base, unlearned, contained."""
+def ema_tables(results: list[RunResult], key: str = "refusal") -> str:
+    """One table per (target, method): refusal per domain at base, unlearned, contained.
+
+    `key` picks the eval set: "refusal" (built-in held-out prompts) or "external_refusal"."""
     lines: list[str] = []
     for target, method in sorted({(r.target, r.method) for r in results}, key=str):
         unlearned = next((r for r in results if (r.target, r.method) == (target, method) and not r.contained), None)
         contained = next((r for r in results if (r.target, r.method) == (target, method) and r.contained), None)
         any_run = unlearned or contained
-        base = _rates(any_run.baseline)
+        base = _rates(any_run.baseline, key)
         cols = [("base", base)]
         if unlearned:
-            cols.append((f"unlearned (`{unlearned.name}`)", _rates(unlearned.final)))
+            cols.append((f"unlearned (`{unlearned.name}`)", _rates(unlearned.final, key)))
         if contained:
-            cols.append((f"contained (`{contained.name}`)", _rates(contained.final)))
+            cols.append((f"contained (`{contained.name}`)", _rates(contained.final, key)))
         lines.append(f"### Target {DISPLAY_NAMES.get(target, target)}, {method}\n")
         lines.append("| domain | " + " | ".join(c for c, _ in cols) + " |")
         lines.append("|---|" + "---:|" * len(cols))
         for d in DOMAINS:
             mark = " (target)" if d == target else ""
             lines.append(f"| {DISPLAY_NAMES[d]}{mark} | " + " | ".join(pct(r.get(d)) for _, r in cols) + " |")
+        if key != "refusal":
+            lines.append("")
+            continue
         for label, run in (("unlearned", unlearned), ("contained", contained)):
             if run and run.final and run.final.get("ema_score") is not None:
                 lines.append(f"\nEMA score ({label}): {run.final['ema_score']:.3f} (mean refusal drop over the six non-target domains)")
@@ -163,6 +168,9 @@ def write_report(
     figures = path.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}\n", preamble, "## EMA table: refusal on held-out harmful prompts\n", ema_tables(results)]
+    if any(r.baseline and "external_refusal" in r.baseline for r in results):
+        parts += ["\n## Refusal on external prompts (public benchmarks mapped to the seven domains)\n",
+                  ema_tables(results, "external_refusal")]
     parts.append("\n## Refusal per domain\n")
     for target, method in sorted({(r.target, r.method) for r in results}, key=str):
         group = [r for r in results if (r.target, r.method) == (target, method)]

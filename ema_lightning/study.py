@@ -144,7 +144,7 @@ def _hash_stage(stage: BaseStage, extra: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_base(study: Study) -> Path:
+def build_base(study: Study) -> tuple[Path, list[dict[str, Any]]]:
     """Run stage 1 unless the cached aligned base matches its config; check the alignment bounds."""
     stage = study.base
     output = Path(stage.output)
@@ -153,7 +153,7 @@ def build_base(study: Study) -> Path:
     if stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
         log.info("aligned base is cached at %s (config hash %s)", output, key)
         print(f"[study] aligned base: cached at {output}")
-        return output
+        return output, json.loads(stamp.read_text()).get("history", [])
     print(f"[study] stage 1: aligning the base model ({', '.join(stage.config)})")
     start = time.perf_counter()
     cli = _cli(_fit_argv(stage.config, stage.args + study.args, study.output_dir, "aligned_base", []), run=True)
@@ -164,9 +164,9 @@ def build_base(study: Study) -> Path:
         shutil.rmtree(output)
     shutil.copytree(source, output)
     _check_alignment(stage, final)
-    stamp.write_text(json.dumps({"hash": key, "final": final and {k: final[k] for k in ("refusal", "over_refusal")},
-                                 "wall_s": time.perf_counter() - start}, indent=1))
-    return output
+    history = [{k: v for k, v in h.items() if k != "samples"} for h in cli.model.history]
+    stamp.write_text(json.dumps({"hash": key, "history": history, "wall_s": time.perf_counter() - start}, indent=1))
+    return output, history
 
 
 def _check_alignment(stage: BaseStage, final: Optional[dict[str, Any]]) -> None:
@@ -191,9 +191,11 @@ def run_study(study: Study) -> Path:
     facts = check_study(study)
     timings: dict[str, float] = {}
     base_args: list[str] = []
+    base_text = ""
     if study.base:
         t0 = time.perf_counter()
-        base_dir = build_base(study)
+        base_dir, base_history = build_base(study)
+        base_text = base_section(base_history)
         timings["aligned base"] = time.perf_counter() - t0
         base_args = [f"--{study.base_argument}={base_dir}"]
     results: list[RunResult] = []
@@ -212,10 +214,35 @@ def run_study(study: Study) -> Path:
     timings["total"] = time.perf_counter() - start
     (Path(study.output_dir) / "results.json").write_text(json.dumps(
         {"runs": [r.__dict__ for r in results], "timings_s": timings}, indent=1, default=str))
-    preamble = _preamble(study, timings, results)
+    preamble = _preamble(study, timings, results) + base_text
     path = write_report(Path(study.output_dir) / "report.md", f"EMA study: {study.name}", results, preamble, sections)
     print(f"[study] report: {path}")
     return path
+
+
+def base_section(history: list[dict[str, Any]]) -> str:
+    """Refusal of the model as shipped (when stage 1 measured it before training) and after alignment."""
+    if not history:
+        return ""
+    columns = []
+    for entry in history:
+        label = "as shipped" if entry["stage"] == "baseline" else f"aligned (step {entry['step']})"
+        columns.append((label, entry))
+    if len(columns) > 2:
+        columns = [columns[0], columns[-1]] if columns[0][0] == "as shipped" else [columns[-1]]
+    lines = ["\n## The aligned base (stage 1)\n", "| domain | " + " | ".join(
+        f"{label}: {what}" for label, _ in columns for what in ("refusal", "over-refusal")) + " |",
+        "|---|" + "---:|" * (2 * len(columns))]
+    external = any("external_refusal" in e for _, e in columns)
+    for d in DOMAINS:
+        cells = [pct(e["refusal"][d]) + " | " + pct(e["over_refusal"][d]) for _, e in columns]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    if external:
+        lines += ["\nOn external prompts:\n", "| domain | " + " | ".join(f"{label}: refusal" for label, _ in columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for d in DOMAINS:
+            lines.append(f"| {d} | " + " | ".join(pct(e.get("external_refusal", {}).get(d)) for _, e in columns) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _concept_callback(trainer):

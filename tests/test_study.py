@@ -50,7 +50,7 @@ def test_aligned_base_is_cached_until_its_config_changes(in_repo, tmp_path, monk
     key = study_module._hash_stage(study.base, study.args)
     (output / "study_stage.json").write_text(json.dumps({"hash": key}))
     monkeypatch.setattr(study_module, "_cli", lambda *a, **k: pytest.fail("stage 1 must not run when cached"))
-    assert study_module.build_base(study) == output
+    assert study_module.build_base(study)[0] == output
     study.base.args = study.base.args + ["--trainer.max_steps=31"]
     assert study_module._hash_stage(study.base, study.args) != key
 

@@ -139,6 +139,8 @@ class RefusalDataModule(pl.LightningDataModule):
     Args:
         train: Sources of training records (prompt -> refusal for harmful, help for benign). Default: builtin:train.
         eval: Sources of evaluation prompts (harmful and benign, all domains). Default: builtin:eval.
+        external_eval: Optional second evaluation set (e.g. mapped public benchmarks, configs/data/external),
+            reported separately as `val_external/...` beside the built-in `val/...` numbers.
         forget: Sources of the forget set, filtered to the target domain. Default: harmful train records of the target domain.
         neutral: Sources of domain-free harmless prompts (concept vectors). Default: builtin:neutral.
         target_domain: Domain whose refusals are unlearned. None: no forget set, retain = all train records (alignment).
@@ -162,6 +164,7 @@ class RefusalDataModule(pl.LightningDataModule):
         self,
         train: list[RecordSource] | None = None,
         eval: list[RecordSource] | None = None,
+        external_eval: list[RecordSource] | None = None,
         forget: list[RecordSource] | None = None,
         neutral: list[RecordSource] | None = None,
         target_domain: str | None = None,
@@ -181,6 +184,8 @@ class RefusalDataModule(pl.LightningDataModule):
         super().__init__()
         self.train_sources = _sources(train, "builtin:train", "train")
         self.eval_sources = _sources(eval, "builtin:eval", "eval")
+        self.external_eval_sources = _sources(external_eval, None, "external_eval")
+        self.external_eval_records: list[Record] = []
         self.neutral_sources = _sources(neutral, "builtin:neutral", "neutral")
         self.forget_sources = _sources(forget, None, "forget") if forget is not None else None
         self.target_domain = _domains([target_domain], "target_domain")[0] if target_domain is not None else None
@@ -261,11 +266,13 @@ class RefusalDataModule(pl.LightningDataModule):
         self.train_records = load_all(self.train_sources, "train")
         self.eval_records = self._cap_eval(load_all(self.eval_sources, "eval"))
         self.neutral_records = load_all(self.neutral_sources, "neutral")
+        if self.external_eval_sources:
+            self.external_eval_records = self._cap_eval(load_all(self.external_eval_sources, "external_eval"))
         self.forget_records = self._select_forget()
         self.retain_records = self._select_retain()
         self._check_responses()
         self._loaded = True
-        for name, records in (("forget", self.forget_records), ("retain", self.retain_records), ("eval", self.eval_records), ("neutral", self.neutral_records)):
+        for name, records in (("forget", self.forget_records), ("retain", self.retain_records), ("eval", self.eval_records), ("external eval", self.external_eval_records), ("neutral", self.neutral_records)):
             harmful = sum(r.harmful for r in records)
             log.info("%s set: %d records (%d harmful, %d benign): %s", name, len(records), harmful, len(records) - harmful, domain_counts(records))
         return self
@@ -467,8 +474,11 @@ class RefusalDataModule(pl.LightningDataModule):
         ]
         return self.prompt_dataloader(self.eval_records, indices)
 
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader()
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The eval prompts; with `external_eval`, a list: [built-in eval, external eval] (dataloader_idx 0, 1)."""
+        if not self.external_eval_records:
+            return self.eval_dataloader()
+        return [self.eval_dataloader(), self.prompt_dataloader(self.external_eval_records, name="external_eval")]
 
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader()
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        return self.val_dataloader()

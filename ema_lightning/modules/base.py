@@ -78,6 +78,9 @@ class CausalLMModule(pl.LightningModule):
         self._tokenizer = None
         self.val_refusal = DomainRefusalRate()
         self.val_over_refusal = DomainRefusalRate()
+        # The optional second eval set (mapped public benchmarks), reported as `<stage>_external/...`.
+        self.external_refusal = DomainRefusalRate()
+        self.external_over_refusal = DomainRefusalRate()
         self.baseline: Optional[torch.Tensor] = None
         self.history: list[dict[str, Any]] = []
         self._samples: list[dict[str, Any]] = []
@@ -165,18 +168,27 @@ class CausalLMModule(pl.LightningModule):
         refused = self.judge(responses, batch["prompts"])
         return torch.tensor(refused, dtype=torch.bool, device=self.device), responses
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         refused, responses = self._judge_batch(batch)
         valid = batch.get("valid")
         valid = torch.ones_like(refused) if valid is None else valid.to(refused.device).bool()
         harmful = batch["harmful"].to(refused.device).bool()
-        self.val_refusal.update(refused, batch["domain_ids"], valid & harmful)
-        self.val_over_refusal.update(refused, batch["domain_ids"], valid & ~harmful)
-        if responses is not None:
+        refusal, over_refusal = (
+            (self.val_refusal, self.val_over_refusal) if dataloader_idx == 0
+            else (self.external_refusal, self.external_over_refusal)
+        )
+        refusal.update(refused, batch["domain_ids"], valid & harmful)
+        over_refusal.update(refused, batch["domain_ids"], valid & ~harmful)
+        if responses is not None and dataloader_idx == 0:
             self._keep_samples(batch, responses, refused, valid)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    @property
+    def has_external_eval(self) -> bool:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return bool(getattr(datamodule, "external_eval_records", None))
 
     def _keep_samples(self, batch, responses, refused, valid) -> None:
         for i, response in enumerate(responses):
@@ -203,6 +215,12 @@ class CausalLMModule(pl.LightningModule):
         self.val_refusal.reset()
         self.val_over_refusal.reset()
         metrics = _rate_metrics(stage, refusal, over_refusal)
+        external = None
+        if self.has_external_eval:
+            external = (self.external_refusal.compute().cpu(), self.external_over_refusal.compute().cpu())
+            self.external_refusal.reset()
+            self.external_over_refusal.reset()
+            metrics.update(_rate_metrics(f"{stage}_external", *external))
         target = self.target_domain
         sanity = self._trainer is not None and self.trainer.sanity_checking
         if sanity or (self.baseline is None and self.global_step == 0 and stage == "val"):
@@ -216,6 +234,8 @@ class CausalLMModule(pl.LightningModule):
              "refusal": _as_dict(refusal), "over_refusal": _as_dict(over_refusal),
              "ema_score": metrics.get(f"{stage}/ema_score"), "samples": self._samples}
         )
+        if external is not None:
+            self.history[-1].update(external_refusal=_as_dict(external[0]), external_over_refusal=_as_dict(external[1]))
         self._samples = []
         # Loggers get the metrics at the optimizer step they describe (the baseline at step 0, which
         # Lightning's self.log would drop during the sanity check); self.log feeds callbacks only.
