@@ -243,7 +243,7 @@ class CausalLMModule(pl.LightningModule):
         if not sanity:
             finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
             self.log_dict(finite, logger=False, rank_zero_only=True)
-        self._write_history()
+        self._write_history(self.run_dir)  # run_dir on every rank: trainer.log_dir is a broadcast
 
     @rank_zero_only
     def _log_to_loggers(self, metrics: dict[str, float], step: int) -> None:
@@ -252,8 +252,7 @@ class CausalLMModule(pl.LightningModule):
             logger.log_metrics(finite, step=step)
 
     @rank_zero_only
-    def _write_history(self) -> None:
-        directory = self.run_dir
+    def _write_history(self, directory: Optional[Path]) -> None:
         if directory is None:
             return
         directory.mkdir(parents=True, exist_ok=True)
