@@ -65,6 +65,98 @@ class ShardedEvalSampler(DistributedSampler):
         return self.num_samples
 
 
+class ResumableTrainSampler(DistributedSampler):
+    """Seeded shuffling that gives the same global batches on any number of ranks, and resumes mid-epoch.
+
+    Pass `c` of epoch `e` is a permutation seeded by (seed, e, c). It is cut into global batches of
+    `batch_size * num_replicas` examples; rank r takes the r-th slice of `batch_size` of each. So a
+    2-rank run with batch_size B sees the global batches of a 1-rank run with batch_size 2B. On one
+    rank the last batch may be partial; on several ranks the pass wraps around to fill the last global
+    batch (every rank needs the same number of batches).
+
+    `consumed` counts batches delivered to training steps in this epoch (the datamodule increments it);
+    `state_dict()` saves it and `load_state_dict()` makes the next pass skip what was already trained on.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, batch_size: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.batch_size = batch_size
+        n, size = len(dataset), batch_size * num_replicas
+        self.batches_per_pass = math.ceil(n / size)
+        self.num_samples = n if num_replicas == 1 else self.batches_per_pass * batch_size
+        self.total_size = self.num_samples * num_replicas
+        self.consumed = 0
+        self._next_pass = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed, self._next_pass, self._skip = epoch, 0, 0, 0
+
+    def pass_order(self, epoch: int, index: int) -> list[int]:
+        """This rank's dataset indices for pass `index` of `epoch` (pure function of seed, epoch, pass)."""
+        n = len(self.dataset)
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch + 7_919 * index)
+        order = torch.randperm(n, generator=generator).tolist()
+        if self.num_replicas == 1:
+            return order
+        size = self.batch_size * self.num_replicas
+        order = (order * math.ceil(self.batches_per_pass * size / n))[: self.batches_per_pass * size]
+        start = self.rank * self.batch_size
+        return [i for b in range(0, len(order), size) for i in order[b + start : b + start + self.batch_size]]
+
+    def __iter__(self):
+        order = self.pass_order(self.epoch, self._next_pass)[self._skip * self.batch_size :]
+        self._next_pass += 1
+        self._skip = 0
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        self._next_pass, self._skip = divmod(self.consumed, self.batches_per_pass)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position (and the process RNG state) is saved in Lightning checkpoints.
+
+    Lightning stores `state_dict()` of every loader it trains on and calls `load_state_dict()` when it
+    resumes, before the first batch. The RNG states (Python, NumPy, torch, CUDA) are the saving rank's.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict(), "rng": rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def _domains(value: Sequence[str] | None, field: str) -> list[str] | None:
     if value is None:
         return None
@@ -402,14 +494,29 @@ class RefusalDataModule(pl.LightningDataModule):
     # ---- loaders ------------------------------------------------------------------------------
 
     def _train_loader(self, examples: list[dict[str, Any]], offset: int) -> DataLoader:
-        return DataLoader(
-            ExampleDataset(examples),
+        replicas, rank = self._data_parallel()
+        sampler = ResumableTrainSampler(
+            ExampleDataset(examples), num_replicas=replicas, rank=rank, batch_size=self.batch_size, seed=self.seed + offset
+        )
+        return ResumableDataLoader(
+            sampler.dataset,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed + offset),
+            sampler=sampler,
             collate_fn=TrainCollator(pad_token_id(self.tokenizer)),
             num_workers=self.num_workers,
         )
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count the training batches each loader has delivered to a step: the data position of a checkpoint.
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and isinstance(batch, dict):
+            loaders = getattr(trainer.fit_loop, "_combined_loader", None)
+            iterables = getattr(loaders, "iterables", None)
+            if isinstance(iterables, dict):
+                for name, loader in iterables.items():
+                    if name in batch and isinstance(getattr(loader, "sampler", None), ResumableTrainSampler):
+                        loader.sampler.consumed += 1
+        return batch
 
     def train_dataloader(self) -> CombinedLoader:
         """`{"forget": ..., "retain": ...}` batches; the forget loader drives the epoch, retain cycles beside it."""
