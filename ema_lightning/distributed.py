@@ -19,7 +19,11 @@ def shard_model(model: torch.nn.Module, device_mesh) -> torch.nn.Module:
     for module in model.modules():
         if type(module).__name__.endswith("DecoderLayer"):
             fully_shard(module, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    # The root unit goes on the transformers model itself, not on a peft wrapper: HF `generate` calls
+    # the inner model, and FSDP2 gathers the root's weights (embeddings, norm, head) only in that
+    # module's own forward hooks.
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fully_shard(root, mesh=mesh)
     return model
 
 

@@ -1,0 +1,160 @@
+"""1 process vs 2 processes (DDP and FSDP2, gloo on CPU): same refusal counts, same losses, no eval prompt lost.
+
+Each run is a real `python -m ema_lightning fit` subprocess (Lightning's launcher starts the second
+process from that command line). What is compared: the 1-process run trains with batch_size 8, the
+2-process runs with batch_size 4 per rank, so every optimizer step sees the same global batch of 8
+(`ResumableTrainSampler` cuts the same seeded permutation into the same global batches on any world
+size). The eval set has 41 prompts, so the second rank's shard is padded with one invalid copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from ema_lightning.domains import DOMAINS
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_SIZE = 41  # odd: does not divide by 2 ranks
+
+# Loss tolerance: the retain cross-entropy is a token mean per rank, averaged over ranks by DDP, which
+# weights tokens slightly differently from one token mean over the global batch; NPO's forget term is
+# a per-sequence mean and matches to float precision.
+LOSS_RTOL = 0.05
+
+
+class TextHashJudge:
+    """Refused iff a checksum of the response text is even: any change in generated text shows up,
+    and a random tiny model gets refusal rates strictly between 0 and 1."""
+
+    def __call__(self, responses: list[str], prompts: list[str] | None = None) -> list[bool]:
+        return [zlib.crc32(r.encode("utf-8")) % 2 == 0 for r in responses]
+
+
+class EvalCountCallback(pl.Callback):
+    """Write each rank's own (unsynced) refusal counts per validation, before the module syncs and resets them."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.calls = 0
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        rows = {}
+        for name in ("val_refusal", "val_over_refusal"):
+            metric = getattr(pl_module, name)
+            rows[name] = {"refused": metric.refused.tolist(), "total": metric.total.tolist()}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"counts_rank{trainer.global_rank}_{self.calls}.json"
+        path.write_text(json.dumps({"step": trainer.global_step, **rows}))
+        self.calls += 1
+
+
+def _fit(tmp: Path, name: str, extra: list[str]) -> tuple[Path, Path]:
+    logs, counts = tmp / name, tmp / f"{name}_counts"
+    args = [
+        sys.executable, "-m", "ema_lightning", "fit", "--config", "configs/tiny_cpu.yaml",
+        "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        "--data.forget_size=16", "--data.retain_size=16", "--data.eval_batch_size=8",
+        f"--data.eval=[{{path: 'builtin:eval', limit: {EVAL_SIZE}}}]",
+        "--model.init_args.max_new_tokens=4", "--model.init_args.judge=test_distributed.TextHashJudge",
+        "--trainer.callbacks+=test_distributed.EvalCountCallback", f"--trainer.callbacks.out_dir={counts}",
+        "--trainer.callbacks+=ema_lightning.concepts.callback.ConceptVectorCallback",
+        "--trainer.callbacks.max_prompts_per_domain=2",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return next(logs.glob("*/version_*")), counts
+
+
+def _counts(counts: Path, call: int) -> dict[str, torch.Tensor]:
+    files = sorted(counts.glob(f"counts_rank*_{call}.json"))
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        row = json.loads(f.read_text())
+        for name in ("val_refusal", "val_over_refusal"):
+            for key in ("refused", "total"):
+                value = torch.tensor(row[name][key])
+                out[f"{name}/{key}"] = out.get(f"{name}/{key}", 0) + value
+    out["ranks"] = torch.tensor(len(files))
+    return out
+
+
+def _losses(log_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"] if tag.startswith("train/")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dist")
+    return {
+        "single": _fit(tmp, "single", ["--data.batch_size=8"]),
+        "ddp": _fit(tmp, "ddp", ["--config", "configs/strategies/ddp.yaml", "--trainer.devices=2", "--data.batch_size=4"]),
+        "fsdp2": _fit(tmp, "fsdp2", ["--config", "configs/strategies/fsdp2_cpu.yaml", "--data.batch_size=4"]),
+    }
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_give_the_numbers_of_one(runs, strategy):
+    single_dir, single_counts = runs["single"]
+    multi_dir, multi_counts = runs[strategy]
+    for call in (0, 1):  # the step-0 baseline (sanity check) and the evaluation after 2 steps
+        one, two = _counts(single_counts, call), _counts(multi_counts, call)
+        assert int(one["ranks"]) == 1 and int(two["ranks"]) == 2
+        # every eval prompt counted exactly once, the padding copy of the short shard not at all
+        assert int(two["val_refusal/total"].sum() + two["val_over_refusal/total"].sum()) == EVAL_SIZE
+        for key in ("val_refusal/refused", "val_refusal/total", "val_over_refusal/refused", "val_over_refusal/total"):
+            assert torch.equal(one[key], two[key]), (call, key)
+        refused = one["val_refusal/refused"].sum() + one["val_over_refusal/refused"].sum()
+        assert 0 < int(refused) < EVAL_SIZE  # the comparison is not trivially all-or-nothing
+
+    one_hist = json.loads((single_dir / "eval_history.json").read_text())
+    two_hist = json.loads((multi_dir / "eval_history.json").read_text())
+    assert [h["step"] for h in one_hist] == [h["step"] for h in two_hist] == [0, 2]
+    for a, b in zip(one_hist, two_hist):
+        for domain in DOMAINS:
+            assert a["refusal"][domain] == b["refusal"][domain] or (a["refusal"][domain] != a["refusal"][domain])
+
+    one_loss, two_loss = _losses(single_dir), _losses(multi_dir)
+    for tag in ("train/loss", "train/forget", "train/retain"):
+        torch.testing.assert_close(torch.tensor(two_loss[tag]), torch.tensor(one_loss[tag]), rtol=LOSS_RTOL, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(two_loss["train/forget"]), torch.tensor(one_loss["train/forget"]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_concept_vectors_and_adapter_match_one_process(runs, strategy):
+    from safetensors.torch import load_file
+
+    single_dir, _ = runs["single"]
+    multi_dir, _ = runs[strategy]
+    for step in (0, 2):
+        one = load_file(single_dir / "concept_vectors" / f"step={step}.safetensors")
+        two = load_file(multi_dir / "concept_vectors" / f"step={step}.safetensors")
+        assert one.keys() == two.keys() and one
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4)
+    one = load_file(single_dir / "export" / "adapter" / "adapter_model.safetensors")
+    two = load_file(multi_dir / "export" / "adapter" / "adapter_model.safetensors")
+    assert one.keys() == two.keys() and one
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-2, atol=1e-4)
