@@ -40,3 +40,17 @@ def full_state_dict(model: torch.nn.Module, trainable_only: bool = False) -> Opt
         for k, v in state.items()
         if names is None or k in names
     }
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when `model` holds FSDP2 (DTensor) parameters."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def inference_context(model: torch.nn.Module):
+    """`torch.inference_mode()`, or `torch.no_grad()` for an FSDP2-sharded model: FSDP2 reuses the
+    buffers it gathers weights into, and buffers made under inference_mode cannot be written by the
+    next training step."""
+    return torch.no_grad() if is_sharded(model) else torch.inference_mode()
