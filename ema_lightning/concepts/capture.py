@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ema_lightning.distributed import inference_context
+
 POSITIONS = ("last", "mean")
 """`last`: the last prompt token (the post-instruction position, left padding); `mean`: mean over prompt tokens."""
 
@@ -63,7 +65,7 @@ def _capture_local(model, tokenizer, prompts, positions, batch_size, system_prom
     if _accepts_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = 1  # skip the (T, vocab) logits we do not need
     out: dict[str, list[torch.Tensor]] = {p: [] for p in positions}
-    with _eval_mode(model), _adapters_enabled(model, adapters), _left_padding(tokenizer), torch.inference_mode():
+    with _eval_mode(model), _adapters_enabled(model, adapters), _left_padding(tokenizer), inference_context(model):
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(
                 texts[start : start + batch_size],

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from ema_lightning.distributed import inference_context
+
 # end-of-turn tokens of common chat templates, used as extra stop tokens when the tokenizer has them
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
@@ -57,7 +59,7 @@ def generate(
 
     Rows are left padded first if they come right padded. Generation stops once every row has
     emitted a stop token (see `stop_token_ids`) or after `max_new_tokens`. `kwargs` go to
-    `model.generate` (e.g. `min_new_tokens`). The model runs in eval mode under inference_mode;
+    `model.generate` (e.g. `min_new_tokens`). The model runs in eval mode under inference_mode (no_grad when FSDP2-sharded);
     its training mode is restored afterwards. Works for plain and peft-wrapped causal LMs.
     """
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
@@ -73,7 +75,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with inference_context(model):
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
     finally:
         model.train(was_training)

@@ -28,6 +28,8 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from ema_lightning.distributed import inference_context
+
 
 @runtime_checkable
 class RefusalJudge(Protocol):
@@ -268,9 +270,12 @@ class LogitRefusalJudge:
         self.refusal_ids, self.compliance_ids = refusal, compliance
         return self
 
-    @torch.inference_mode()
     def score(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,) float refusal log-odds from a single forward pass."""
+        with inference_context(model):
+            return self._score(model, input_ids, attention_mask)
+
+    def _score(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.refusal_ids is None:
             raise RuntimeError("LogitRefusalJudge.score: call prepare(tokenizer) first")
         if not bool(attention_mask[:, -1].all()):
