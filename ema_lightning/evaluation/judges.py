@@ -272,12 +272,12 @@ class LogitRefusalJudge:
 
     def score(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,) float refusal log-odds from a single forward pass."""
+        if self.refusal_ids is None:
+            raise RuntimeError("LogitRefusalJudge.score: call prepare(tokenizer) first")
         with inference_context(model):
             return self._score(model, input_ids, attention_mask)
 
     def _score(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.refusal_ids is None:
-            raise RuntimeError("LogitRefusalJudge.score: call prepare(tokenizer) first")
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("LogitRefusalJudge.score: prompts must be left padded (attention_mask[:, -1] must be all 1)")
         was_training = model.training
