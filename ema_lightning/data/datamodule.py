@@ -139,9 +139,17 @@ class ResumableDataLoader(DataLoader):
 
 
 def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states as tensors and plain Python values only, so a
+    checkpoint holding them still loads with `torch.load(weights_only=True)` (Lightning's CLI does)."""
     import numpy as np
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -151,7 +159,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -504,6 +513,9 @@ class RefusalDataModule(pl.LightningDataModule):
             sampler=sampler,
             collate_fn=TrainCollator(pad_token_id(self.tokenizer)),
             num_workers=self.num_workers,
+            # Its own generator: each `iter()` draws a worker base seed, and drawn from the global RNG it
+            # would shift the dropout stream whenever Lightning starts an iterator (at resume, too).
+            generator=torch.Generator().manual_seed(self.seed + offset),
         )
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
