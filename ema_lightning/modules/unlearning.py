@@ -77,6 +77,17 @@ class RefusalUnlearningModule(CausalLMModule):
             # Full fine-tuning has no adapters to switch off: keep a frozen copy as the reference.
             self.reference_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Part of the run's state: recomputed after a resume in other batch shapes, the reference
+        # log-probs would differ in the last bits and a resumed run would not match an uninterrupted one.
+        checkpoint["ema_reference_cache"] = self._reference_cache.clone()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "ema_reference_cache" in checkpoint:
+            self._reference_cache = checkpoint["ema_reference_cache"].clone()
+
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the reference policy: adapters disabled (LoRA) or the frozen copy."""
         with torch.no_grad():
