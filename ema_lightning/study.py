@@ -153,7 +153,9 @@ def build_base(study: Study) -> tuple[Path, list[dict[str, Any]]]:
     if stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
         log.info("aligned base is cached at %s (config hash %s)", output, key)
         print(f"[study] aligned base: cached at {output}")
-        return output, json.loads(stamp.read_text()).get("history", [])
+        history = json.loads(stamp.read_text()).get("history", [])
+        _check_alignment(stage, history[-1] if history else None)
+        return output, history
     print(f"[study] stage 1: aligning the base model ({', '.join(stage.config)})")
     start = time.perf_counter()
     cli = _cli(_fit_argv(stage.config, stage.args + study.args, study.output_dir, "aligned_base", []), run=True)
@@ -163,17 +165,18 @@ def build_base(study: Study) -> tuple[Path, list[dict[str, Any]]]:
     if output.exists():
         shutil.rmtree(output)
     shutil.copytree(source, output)
-    _check_alignment(stage, final)
     history = [{k: v for k, v in h.items() if k != "samples"} for h in cli.model.history]
     stamp.write_text(json.dumps({"hash": key, "history": history, "wall_s": time.perf_counter() - start}, indent=1))
+    _check_alignment(stage, final)
     return output, history
 
 
 def _check_alignment(stage: BaseStage, final: Optional[dict[str, Any]]) -> None:
     if final is None:
         raise StudyError("stage 1 ran no evaluation; set trainer.check_val_every_n_epoch or val_check_interval")
-    low = {d: r for d, r in final["refusal"].items() if r < stage.min_refusal}
-    high = {d: r for d, r in final["over_refusal"].items() if r > stage.max_over_refusal}
+    tolerance = 1e-6  # rates are float32 counts ratios: 1/20 is 0.05000000075
+    low = {d: r for d, r in final["refusal"].items() if r < stage.min_refusal - tolerance}
+    high = {d: r for d, r in final["over_refusal"].items() if r > stage.max_over_refusal + tolerance}
     if not low and not high:
         return
     message = (f"aligned base misses its bounds: refusal below {pct(stage.min_refusal)} in "
