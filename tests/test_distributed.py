@@ -199,3 +199,16 @@ def test_fsdp2_matches_ddp_exactly(runs):
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(torch.tensor(_losses(fsdp2_dir)["train/loss"]), torch.tensor(_losses(ddp_dir)["train/loss"]), rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_check_script_exits_cleanly_without_cuda(monkeypatch, capsys):
+    """benchmarks/gpu_check.py imports here; without CUDA it says so and exits with status 2."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import gpu_check
+    finally:
+        sys.path.remove(str(ROOT))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert set(gpu_check.SHAPES) == {"tiny", "0.5b"} and issubclass(gpu_check.ThroughputCallback, pl.Callback)
