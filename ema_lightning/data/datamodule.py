@@ -205,19 +205,22 @@ def _sample(records: list[Record], size: int | None, seed: int) -> list[Record]:
 
 
 def stratified_sample(records: list[Record], size: int | None, seed: int) -> list[Record]:
-    """At most `size` records, spread evenly over domains (round robin over seeded shuffles), original order kept."""
+    """At most `size` records, spread evenly over domains and, within each, over harmful and benign
+    (round robin over seeded shuffles), original order kept. A small retain set thus holds as many
+    refusals of harmful prompts as helpful answers, whatever the mix of the source data."""
     if size is None or len(records) <= size:
         return records
     rng = random.Random(seed)
-    by_domain: dict[str, list[int]] = defaultdict(list)
+    by_stratum: dict[tuple[str, bool], list[int]] = defaultdict(list)
     for i, r in enumerate(records):
-        by_domain[r.domain].append(i)
+        by_stratum[(r.domain, r.harmful)].append(i)
     queues = []
     for domain in DOMAINS:
-        if by_domain[domain]:
-            indices = by_domain[domain][:]
-            rng.shuffle(indices)
-            queues.append(indices)
+        for harmful in (True, False):
+            if by_stratum[(domain, harmful)]:
+                indices = by_stratum[(domain, harmful)][:]
+                rng.shuffle(indices)
+                queues.append(indices)
     chosen: list[int] = []
     while len(chosen) < size:
         for queue in queues:
