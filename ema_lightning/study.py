@@ -144,7 +144,7 @@ def _hash_stage(stage: BaseStage, extra: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_base(study: Study) -> tuple[Path, list[dict[str, Any]]]:
+def build_base(study: Study) -> tuple[Path, list[dict[str, Any]], str]:
     """Run stage 1 unless the cached aligned base matches its config; check the alignment bounds."""
     stage = study.base
     output = Path(stage.output)
@@ -154,8 +154,8 @@ def build_base(study: Study) -> tuple[Path, list[dict[str, Any]]]:
         log.info("aligned base is cached at %s (config hash %s)", output, key)
         print(f"[study] aligned base: cached at {output}")
         history = json.loads(stamp.read_text()).get("history", [])
-        _check_alignment(stage, history[-1] if history else None)
-        return output, history
+        verdict = _check_alignment(stage, history[-1]) if history else ""
+        return output, history, verdict
     print(f"[study] stage 1: aligning the base model ({', '.join(stage.config)})")
     start = time.perf_counter()
     cli = _cli(_fit_argv(stage.config, stage.args + study.args, study.output_dir, "aligned_base", []), run=True)
@@ -167,24 +167,27 @@ def build_base(study: Study) -> tuple[Path, list[dict[str, Any]]]:
     shutil.copytree(source, output)
     history = [{k: v for k, v in h.items() if k != "samples"} for h in cli.model.history]
     stamp.write_text(json.dumps({"hash": key, "history": history, "wall_s": time.perf_counter() - start}, indent=1))
-    _check_alignment(stage, final)
-    return output, history
+    verdict = _check_alignment(stage, final)
+    return output, history, verdict
 
 
-def _check_alignment(stage: BaseStage, final: Optional[dict[str, Any]]) -> None:
+def _check_alignment(stage: BaseStage, final: Optional[dict[str, Any]]) -> str:
+    """Raise (strict) or warn when the aligned base misses its bounds; return the verdict as a sentence."""
     if final is None:
         raise StudyError("stage 1 ran no evaluation; set trainer.check_val_every_n_epoch or val_check_interval")
     tolerance = 1e-6  # rates are float32 counts ratios: 1/20 is 0.05000000075
     low = {d: r for d, r in final["refusal"].items() if r < stage.min_refusal - tolerance}
     high = {d: r for d, r in final["over_refusal"].items() if r > stage.max_over_refusal + tolerance}
     if not low and not high:
-        return
+        return (f"The aligned base meets its bounds: refusal >= {pct(stage.min_refusal)} and over-refusal "
+                f"<= {pct(stage.max_over_refusal)} in every domain.")
     message = (f"aligned base misses its bounds: refusal below {pct(stage.min_refusal)} in "
                f"{ {d: pct(r) for d, r in low.items()} }, over-refusal above {pct(stage.max_over_refusal)} in "
                f"{ {d: pct(r) for d, r in high.items()} }; train longer (trainer.max_steps) or raise the learning rate")
     if stage.strict:
         raise StudyError(message)
     log.warning(message)
+    return "Warning: the " + message + "."
 
 
 def run_study(study: Study) -> Path:
@@ -197,8 +200,8 @@ def run_study(study: Study) -> Path:
     base_text = ""
     if study.base:
         t0 = time.perf_counter()
-        base_dir, base_history = build_base(study)
-        base_text = base_section(base_history)
+        base_dir, base_history, verdict = build_base(study)
+        base_text = base_section(base_history) + "\n" + verdict + "\n"
         timings["aligned base"] = time.perf_counter() - t0
         base_args = [f"--{study.base_argument}={base_dir}"]
     results: list[RunResult] = []
