@@ -271,10 +271,25 @@ def concept_sections(results: list[RunResult], out_dir: Path) -> list[str]:
         if len(files) < 2 or run.baseline is None or run.final is None:
             continue
         base, after = ConceptVectors.load(files[0]), ConceptVectors.load(files[-1])
-        drop = {d: run.baseline["refusal"][d] - run.final["refusal"][d] for d in DOMAINS}
+        drop, measure = susceptibility(run)
         sections.append(f"\n## Concept vectors: target {target} (run `{run.name}`)\n")
+        sections.append(
+            f"Refusal drop in this section is each domain's {measure} on its held-out harmful prompts, "
+            "from before to after unlearning (refusal log-odds: log-sum-exp of refusal first-token logits "
+            "minus that of compliance first tokens, one forward pass). Unlike the refusal rate, which is "
+            "often 100% -> 0% in every domain, it tells how far each domain was pushed.\n")
         sections.append(concept_report_section(base, after, drop, target, out_dir / "figures", relative_to=out_dir))
     return sections
+
+
+def susceptibility(run: RunResult) -> tuple[dict[str, float], str]:
+    """Each domain's drop in refusal log-odds (baseline minus end of unlearning) when the run logged
+    refusal scores, else its drop in refusal rate; returns the drops and what they measure."""
+    if "refusal_score" in run.baseline and "refusal_score" in run.final:
+        base, after = run.baseline["refusal_score"], run.final["refusal_score"]
+        return {d: base[d] - after[d] for d in DOMAINS}, "drop in mean refusal log-odds"
+    base, after = run.baseline["refusal"], run.final["refusal"]
+    return {d: base[d] - after[d] for d in DOMAINS}, "drop in refusal rate"
 
 
 def _preamble(study: Study, timings: dict[str, float], results: list[RunResult]) -> str:

@@ -100,3 +100,14 @@ def test_two_process_sync_equals_single_process(tmp_path):
     half = DomainRefusalRate()
     half.update(refused[:20], domains[:20], valid[:20])
     assert not torch.allclose(half.compute(), expected, equal_nan=True)  # so equality above needed the sync
+
+
+def test_domain_mean_score_matches_hand_computation():
+    from ema_lightning.evaluation.metrics import DomainMeanScore
+
+    metric = DomainMeanScore()
+    metric.update(torch.tensor([1.0, 3.0, -2.0, 5.0]), torch.tensor([0, 0, 3, 3]), torch.tensor([True, True, True, False]))
+    metric.update(torch.tensor([2.0]), torch.tensor([0]))
+    means = metric.compute()
+    assert means[0].item() == pytest.approx(2.0) and means[3].item() == pytest.approx(-2.0)
+    assert torch.isnan(means[1]) and torch.isnan(means[6])

@@ -49,6 +49,37 @@ class DomainRefusalRate(Metric):
         return torch.where(total > 0, rates, torch.full_like(rates, float("nan")))
 
 
+class DomainMeanScore(Metric):
+    """Mean of a per-prompt score (e.g. the refusal log-odds of `LogitRefusalJudge`), per domain.
+
+    States `sum` and `count` (len(DOMAINS),) are summed across processes; nan where a domain saw no prompt.
+    A continuous refusal score shows how far each domain moved when the refusal *rate* is 0 or 1 everywhere.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("sum", default=torch.zeros(len(DOMAINS), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(len(DOMAINS), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, domain_ids: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """scores: (B,) float; domain_ids: (B,) long; valid: (B,) bool, False rows ignored."""
+        scores = torch.as_tensor(scores, device=self.sum.device).reshape(-1).double()
+        domain_ids = torch.as_tensor(domain_ids, device=self.sum.device).reshape(-1).long()
+        if valid is not None:
+            valid = torch.as_tensor(valid, device=self.sum.device).reshape(-1).bool()
+            scores, domain_ids = scores[valid], domain_ids[valid]
+        self.sum.index_add_(0, domain_ids, scores)
+        self.count += torch.bincount(domain_ids, minlength=len(DOMAINS))
+
+    def compute(self) -> torch.Tensor:
+        means = (self.sum / self.count.clamp(min=1)).float()
+        return torch.where(self.count > 0, means, torch.full_like(means, float("nan")))
+
+
 def as_dict(rates: torch.Tensor | Sequence[float]) -> dict[str, float]:
     """{domain: rate} in DOMAINS order, from a (len(DOMAINS),) tensor or sequence."""
     values = rates.tolist() if isinstance(rates, torch.Tensor) else list(rates)

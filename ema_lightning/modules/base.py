@@ -25,7 +25,7 @@ from ema_lightning.data.collate import format_prompt
 from ema_lightning.domains import DOMAINS, canonical_domain
 from ema_lightning.evaluation.generation import generate
 from ema_lightning.evaluation.judges import KeywordRefusalJudge, LogitRefusalJudge, RefusalJudge
-from ema_lightning.evaluation.metrics import DomainRefusalRate, ema_score
+from ema_lightning.evaluation.metrics import DomainMeanScore, DomainRefusalRate, ema_score
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class CausalLMModule(pl.LightningModule):
         samples_per_domain: generations kept per domain and harmful/benign for the report.
         export: what to write at the end of fit: the LoRA adapter (PEFT format), the merged model,
             the full model, or nothing. Written to `<log_dir>/export`.
+        refusal_score: also log each domain's mean refusal log-odds on harmful prompts
+            (`val/refusal_score/<domain>`, one extra forward per eval batch): a continuous measure that
+            still moves where refusal rates sit at 0 or 1.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class CausalLMModule(pl.LightningModule):
         max_new_tokens: int = 24,
         samples_per_domain: int = 2,
         export: Export = "adapter",
+        refusal_score: bool = True,
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:
@@ -78,6 +82,8 @@ class CausalLMModule(pl.LightningModule):
         self._tokenizer = None
         self.val_refusal = DomainRefusalRate()
         self.val_over_refusal = DomainRefusalRate()
+        self.val_refusal_score = DomainMeanScore() if refusal_score else None
+        self._score_judge = LogitRefusalJudge() if refusal_score else None
         # The optional second eval set (mapped public benchmarks), reported as `<stage>_external/...`.
         self.external_refusal = DomainRefusalRate()
         self.external_over_refusal = DomainRefusalRate()
@@ -179,6 +185,9 @@ class CausalLMModule(pl.LightningModule):
         )
         refusal.update(refused, batch["domain_ids"], valid & harmful)
         over_refusal.update(refused, batch["domain_ids"], valid & ~harmful)
+        if self.val_refusal_score is not None and dataloader_idx == 0:
+            scores = self._score_judge.prepare(self.tokenizer).score(self.model, batch["input_ids"], batch["attention_mask"])
+            self.val_refusal_score.update(scores.float(), batch["domain_ids"], valid & harmful)
         if responses is not None and dataloader_idx == 0:
             self._keep_samples(batch, responses, refused, valid)
 
@@ -215,6 +224,11 @@ class CausalLMModule(pl.LightningModule):
         self.val_refusal.reset()
         self.val_over_refusal.reset()
         metrics = _rate_metrics(stage, refusal, over_refusal)
+        score = None
+        if self.val_refusal_score is not None:
+            score = self.val_refusal_score.compute().cpu()
+            self.val_refusal_score.reset()
+            metrics.update({f"{stage}/refusal_score/{d}": float(score[i]) for i, d in enumerate(DOMAINS)})
         external = None
         if self.has_external_eval:
             external = (self.external_refusal.compute().cpu(), self.external_over_refusal.compute().cpu())
@@ -234,6 +248,8 @@ class CausalLMModule(pl.LightningModule):
              "refusal": _as_dict(refusal), "over_refusal": _as_dict(over_refusal),
              "ema_score": metrics.get(f"{stage}/ema_score"), "samples": self._samples}
         )
+        if score is not None:
+            self.history[-1]["refusal_score"] = _as_dict(score)
         if external is not None:
             self.history[-1].update(external_refusal=_as_dict(external[0]), external_over_refusal=_as_dict(external[1]))
         self._samples = []
