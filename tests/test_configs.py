@@ -148,9 +148,20 @@ def test_external_data_configs(path):
                 canonical_domain(domain)
 
 
+def _needs_missing_external_data(study_path: str) -> bool:
+    """Whether a study's configs read ../shared/data/external and that folder is absent here."""
+    spec = yaml.safe_load((ROOT / study_path).read_text())
+    configs = set((spec.get("base") or {}).get("config", [])) | {c for run in spec["runs"] for c in run["config"]}
+    reads_external = any("../shared/data/external" in (ROOT / c).read_text() for c in configs)
+    return reads_external and not (ROOT.parent / "shared" / "data" / "external").is_dir()
+
+
 @pytest.mark.parametrize("path", STUDIES, ids=lambda f: Path(f).stem)
 def test_study_configs(path, no_weights):
     from jsonargparse import ActionConfigFile, ArgumentParser
+
+    if _needs_missing_external_data(path):
+        pytest.skip("the study evaluates on ../shared/data/external, which is absent here")
 
     from ema_lightning.domains import DOMAINS
     from ema_lightning.study import Study, _as_study, check_study
