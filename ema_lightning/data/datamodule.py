@@ -249,7 +249,7 @@ class RefusalDataModule(pl.LightningDataModule):
         neutral: Sources of domain-free harmless prompts (concept vectors). Default: builtin:neutral.
         target_domain: Domain whose refusals are unlearned. None: no forget set, retain = all train records (alignment).
         retain_domains: Domains of the retain set. Default: all domains but the target.
-        retain_size: Cap on the retain set, stratified by domain (seeded). 0 disables the retain set.
+        retain_size: Cap on the retain set, stratified by domain and harmful/benign (seeded). 0 disables the retain set.
         forget_size: Cap on the forget set (seeded subset).
         eval_per_domain: Cap on harmful and on benign eval prompts per domain (seeded subset).
         batch_size: Training batch size (forget and retain batches each).
