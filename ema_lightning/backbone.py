@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,12 +195,28 @@ def package_directory(name_or_path: str, gguf_file: str | None = None) -> str:
     raise ImportError(f"Backbone.name_or_path={name_or_path!r}: package {package!r} has no folder on disk")
 
 
+BUILTIN_TOKENIZER = "builtin"
+"""`Backbone.tokenizer` value naming the project's local tokenizer (trained on the built-in data)."""
+
+
+def builtin_tokenizer_directory() -> str:
+    """Folder of the built-in tokenizer under `$EMA_LIGHTNING_CACHE` (default `.cache/ema_lightning`);
+    built on first use and rebuilt when the built-in data changes."""
+    from ema_lightning.data.tokenizer import builtin_tokenizer
+
+    directory = Path(os.environ.get("EMA_LIGHTNING_CACHE", ".cache/ema_lightning")) / "tokenizer"
+    builtin_tokenizer(directory)
+    return str(directory)
+
+
 def resolve_sources(b: Backbone) -> Backbone:
-    """``b`` with ``package:`` names replaced by folders and the GGUF file checked (idempotent)."""
+    """``b`` with ``package:`` names and ``tokenizer: builtin`` replaced by folders and the GGUF file
+    checked (idempotent)."""
     import dataclasses
 
     name_or_path = package_directory(b.name_or_path, b.gguf_file) if b.name_or_path else b.name_or_path
-    tokenizer = package_directory(b.tokenizer, None) if b.tokenizer else b.tokenizer
+    tokenizer = builtin_tokenizer_directory() if b.tokenizer == BUILTIN_TOKENIZER else b.tokenizer
+    tokenizer = package_directory(tokenizer, None) if tokenizer else tokenizer
     if b.gguf_file is not None:
         _check_gguf(b, name_or_path)
     if name_or_path == b.name_or_path and tokenizer == b.tokenizer:

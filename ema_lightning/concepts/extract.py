@@ -120,11 +120,9 @@ def extract_from_backbone(
     """
     from ema_lightning.backbone import load_model, load_tokenizer
     from ema_lightning.data.sources import load_all
-    from ema_lightning.modules.base import resolve_backbone
 
     eval_records = load_all(records or [RecordSource("builtin:eval")], what="eval")
     neutral_records = load_all(neutral or [RecordSource("builtin:neutral")], what="neutral")
-    backbone = resolve_backbone(backbone)
     tokenizer = load_tokenizer(backbone)
     model = load_model(backbone)
     step = 0

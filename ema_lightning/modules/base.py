@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import logging
 import math
 from pathlib import Path
@@ -25,7 +24,7 @@ from ema_lightning.data.collate import format_prompt
 from ema_lightning.domains import DOMAINS, canonical_domain
 from ema_lightning.evaluation.generation import generate
 from ema_lightning.evaluation.judges import KeywordRefusalJudge, LogitRefusalJudge, RefusalJudge
-from ema_lightning.evaluation.metrics import DomainMeanScore, DomainRefusalRate, ema_score
+from ema_lightning.evaluation.metrics import DomainMeanScore, DomainRefusalRate, as_dict, ema_score
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class CausalLMModule(pl.LightningModule):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(resolve_backbone(self.backbone))
+            self._tokenizer = load_tokenizer(self.backbone)
         return self._tokenizer
 
     @property
@@ -105,15 +104,18 @@ class CausalLMModule(pl.LightningModule):
         return self.backbone.lora is not None
 
     @property
+    def _datamodule(self):
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    @property
     def target_domain(self) -> Optional[str]:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        target = getattr(datamodule, "target_domain", None)
+        target = getattr(self._datamodule, "target_domain", None)
         return canonical_domain(target) if target else None
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        backbone = resolve_backbone(self.backbone)
+        backbone = self.backbone
         if backbone.tiny is not None and "vocab_size" not in backbone.tiny:
             backbone = dataclasses.replace(backbone, tiny={**backbone.tiny, "vocab_size": len(self.tokenizer)})
         self.model = load_model(backbone)
@@ -165,14 +167,19 @@ class CausalLMModule(pl.LightningModule):
     # ------------------------------------------------------------ validation
     def _judge_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str] | None]:
         if self.logit_judge is not None:
-            self.logit_judge.prepare(self.tokenizer)
-            refused = self.logit_judge.judge(self.model, batch["input_ids"], batch["attention_mask"])
+            refused = self._prepared(self.logit_judge).judge(self.model, batch["input_ids"], batch["attention_mask"])
             return refused.to(self.device).bool(), None
         responses = generate(
             self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=self.max_new_tokens
         )
         refused = self.judge(responses, batch["prompts"])
         return torch.tensor(refused, dtype=torch.bool, device=self.device), responses
+
+    def _prepared(self, judge: LogitRefusalJudge) -> LogitRefusalJudge:
+        """The judge with its first-token ids taken from the tokenizer once, not at every eval batch."""
+        if judge.refusal_ids is None:
+            judge.prepare(self.tokenizer)
+        return judge
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         refused, responses = self._judge_batch(batch)
@@ -186,7 +193,7 @@ class CausalLMModule(pl.LightningModule):
         refusal.update(refused, batch["domain_ids"], valid & harmful)
         over_refusal.update(refused, batch["domain_ids"], valid & ~harmful)
         if self.val_refusal_score is not None and dataloader_idx == 0:
-            scores = self._score_judge.prepare(self.tokenizer).score(self.model, batch["input_ids"], batch["attention_mask"])
+            scores = self._prepared(self._score_judge).score(self.model, batch["input_ids"], batch["attention_mask"])
             self.val_refusal_score.update(scores.float(), batch["domain_ids"], valid & harmful)
         if responses is not None and dataloader_idx == 0:
             self._keep_samples(batch, responses, refused, valid)
@@ -196,8 +203,7 @@ class CausalLMModule(pl.LightningModule):
 
     @property
     def has_external_eval(self) -> bool:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        return bool(getattr(datamodule, "external_eval_records", None))
+        return bool(getattr(self._datamodule, "external_eval_records", None))
 
     def _keep_samples(self, batch, responses, refused, valid) -> None:
         for i, response in enumerate(responses):
@@ -245,13 +251,13 @@ class CausalLMModule(pl.LightningModule):
         step = 0 if sanity else self.global_step
         self.history.append(
             {"stage": "baseline" if sanity else stage, "step": step, "epoch": self.current_epoch,
-             "refusal": _as_dict(refusal), "over_refusal": _as_dict(over_refusal),
+             "refusal": as_dict(refusal), "over_refusal": as_dict(over_refusal),
              "ema_score": metrics.get(f"{stage}/ema_score"), "samples": self._samples}
         )
         if score is not None:
-            self.history[-1]["refusal_score"] = _as_dict(score)
+            self.history[-1]["refusal_score"] = as_dict(score)
         if external is not None:
-            self.history[-1].update(external_refusal=_as_dict(external[0]), external_over_refusal=_as_dict(external[1]))
+            self.history[-1].update(external_refusal=as_dict(external[0]), external_over_refusal=as_dict(external[1]))
         self._samples = []
         # Loggers get the metrics at the optimizer step they describe (the baseline at step 0, which
         # Lightning's self.log would drop during the sanity check); self.log feeds callbacks only.
@@ -336,21 +342,6 @@ def base_state_dict(model: torch.nn.Module, full: Optional[dict] = None) -> dict
             continue
         state[key.replace(".base_layer.", ".")] = value
     return state
-
-
-def resolve_backbone(backbone: Backbone) -> Backbone:
-    """Replace `tokenizer: builtin` by the project's local tokenizer (built once, then cached)."""
-    if backbone.tokenizer != "builtin":
-        return backbone
-    from ema_lightning.data.tokenizer import builtin_tokenizer
-
-    cache = Path(os.environ.get("EMA_LIGHTNING_CACHE", ".cache/ema_lightning")) / "tokenizer"
-    builtin_tokenizer(cache)
-    return dataclasses.replace(backbone, tokenizer=str(cache))
-
-
-def _as_dict(rates: torch.Tensor) -> dict[str, float]:
-    return {domain: float(rates[i]) for i, domain in enumerate(DOMAINS)}
 
 
 def _nanmean(rates: torch.Tensor) -> float:
