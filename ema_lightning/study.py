@@ -303,21 +303,21 @@ def _preamble(study: Study, timings: dict[str, float], results: list[RunResult])
     return "\n".join(lines) + "\n"
 
 
-def study_main(argv: list[str]) -> Path:
-    """`ema-lightning study --config STUDY.yaml [--output_dir DIR] [--args+=...]`."""
+def parse_study(argv: list[str]) -> Study:
+    """A `Study` from `ema-lightning study` arguments (`--config STUDY.yaml` and overrides)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(prog="ema-lightning study", description=__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="study YAML")
     parser.add_class_arguments(Study, as_positional=False)
-    cfg = parser.parse_args(argv)
-    study = parser.instantiate_classes(cfg)
-    study = Study(**{k: v for k, v in study.as_dict().items() if k != "config"}) if not isinstance(study, Study) else study
-    return run_study(_as_study(study))
+    values = parser.instantiate_classes(parser.parse_args(argv)).as_dict()
+    values.pop("config", None)
+    runs = [r if isinstance(r, StudyRun) else StudyRun(**r) for r in values.pop("runs")]
+    base = values.pop("base")
+    base = base if (base is None or isinstance(base, BaseStage)) else BaseStage(**base)
+    return Study(runs=runs, base=base, **values)
 
 
-def _as_study(study: Study) -> Study:
-    runs = [r if isinstance(r, StudyRun) else StudyRun(**r) for r in study.runs]
-    base = study.base if (study.base is None or isinstance(study.base, BaseStage)) else BaseStage(**study.base)
-    study.runs, study.base = runs, base
-    return study
+def study_main(argv: list[str]) -> Path:
+    """`ema-lightning study --config STUDY.yaml [--output_dir DIR] [--args+=...]`."""
+    return run_study(parse_study(argv))

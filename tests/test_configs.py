@@ -158,19 +158,13 @@ def _needs_missing_external_data(study_path: str) -> bool:
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda f: Path(f).stem)
 def test_study_configs(path, no_weights):
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     if _needs_missing_external_data(path):
         pytest.skip("the study evaluates on ../shared/data/external, which is absent here")
 
     from ema_lightning.domains import DOMAINS
-    from ema_lightning.study import Study, _as_study, check_study
+    from ema_lightning.study import check_study, parse_study
 
-    parser = ArgumentParser(prog="ema-lightning study")
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(Study, as_positional=False)
-    study = parser.instantiate_classes(parser.parse_args(["--config", path]))
-    study = study if isinstance(study, Study) else Study(**{k: v for k, v in study.as_dict().items() if k != "config"})
-    facts = check_study(_as_study(study))
+    study = parse_study(["--config", path])
+    facts = check_study(study)
     assert len(facts) == len(study.runs)
     assert all(f["target"] in DOMAINS for f in facts)
