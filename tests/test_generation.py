@@ -3,8 +3,8 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from tiny import tiny_qwen2, word_level_tokenizer
 
 from ema_lightning.evaluation.generation import bucket_by_length, generate, stop_token_ids, to_left_padding
 
@@ -17,19 +17,11 @@ PROMPTS = [
 
 
 def tiny_tokenizer():
-    specials = ["<unk>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + WORDS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|pad|>", eos_token="<|im_end|>",
-                                   additional_special_tokens=["<|im_start|>"], padding_side="left")
+    return word_level_tokenizer(WORDS)
 
 
 def tiny_model(vocab_size, seed=0):
-    torch.manual_seed(seed)
-    config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False)
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_qwen2(vocab_size, seed)
 
 
 @pytest.fixture(scope="module")
