@@ -71,6 +71,9 @@ class Study:
     """Logs of every run (TensorBoard) and the report go here."""
     args: list[str] = field(default_factory=list)
     """Arguments added to every run (stage 1 included), e.g. `--trainer.max_steps=10`."""
+    reuse_baseline: bool = True
+    """Runs that start from the same base with a fresh adapter and share the eval prompts measure their
+    step-0 evaluation and concept vectors once (`CausalLMModule.baseline_cache`, in `<output_dir>/baseline_cache`)."""
 
 
 def _cli(argv: list[str], run: bool):
@@ -204,6 +207,8 @@ def run_study(study: Study) -> Path:
         base_text = base_section(base_history) + "\n" + verdict + "\n"
         timings["aligned base"] = time.perf_counter() - t0
         base_args = [f"--{study.base_argument}={base_dir}"]
+    if study.reuse_baseline:
+        base_args.append(f"--model.init_args.baseline_cache={Path(study.output_dir) / 'baseline_cache'}")
     results: list[RunResult] = []
     for k, (run, fact) in enumerate(zip(study.runs, facts), 1):
         print(f"[study] run {k}/{len(study.runs)}: {run.name} (target {fact['target']}, {fact['method']}, "

@@ -112,3 +112,18 @@ def test_bucket_by_length():
     assert bucket_by_length([], 4) == []
     with pytest.raises(ValueError, match="batch_size"):
         bucket_by_length(lengths, 0)
+
+
+def test_first_logits_are_the_logit_judges_forward(setup):
+    """The prefill logits generation hands back are what the one-forward logit judge computes."""
+    from ema_lightning.evaluation.judges import LogitRefusalJudge
+
+    tokenizer, model = setup
+    batch = _batch(tokenizer, PROMPTS)
+    sink: list[torch.Tensor] = []
+    generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=4, first_logits=sink)
+    assert len(sink) == 1 and sink[0].shape == (len(PROMPTS), len(tokenizer))
+    direct = LogitRefusalJudge().last_logits(model, batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(sink[0], direct, rtol=1e-4, atol=1e-5)
+    generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=4)
+    assert len(model.get_output_embeddings()._forward_hooks) == 0  # the hook is removed

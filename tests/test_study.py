@@ -38,6 +38,9 @@ def test_same_seed_same_table(in_repo, tmp_path):
             assert (report.parent / "figures" / png).is_file()
         for name, history in tables[-1]:
             assert history[0][0] == 0 and set(history[0][1]) == set(DOMAINS)
+        # both runs start from the aligned base on the same prompts: the baseline is measured once
+        assert len(list((report.parent / "baseline_cache").glob("evaluation-*.json"))) == 1
+        assert tables[-1][0][1][0] == tables[-1][1][1][0]
     assert tables[0] == tables[1]
 
 

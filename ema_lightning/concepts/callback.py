@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from ema_lightning.baseline_cache import record_keys
 from ema_lightning.concepts import analysis
 from ema_lightning.concepts.extract import cap_prompts
 from ema_lightning.concepts.vectors import ConceptVectors, extract_concept_vectors
@@ -73,7 +74,7 @@ class ConceptVectorCallback(pl.Callback):
             self.baseline = ConceptVectors.load(baseline_file)
             self.history[0] = self.baseline
             return
-        self._extract(trainer, pl_module)  # the first extraction is the baseline
+        self._extract(trainer, pl_module, reuse=True)  # the first extraction is the baseline
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         self._checkpoint_saved(trainer, pl_module)
@@ -105,20 +106,31 @@ class ConceptVectorCallback(pl.Callback):
 
     # Work ---------------------------------------------------------------------------------------------
 
-    def _extract(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> ConceptVectors:
+    def _extract(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reuse: bool = False) -> ConceptVectors:
+        """Capture (or, with `reuse`, take from the module's baseline cache), save and log the vectors."""
         start = time.perf_counter()
         records, neutral = self._prompts(trainer)
-        vectors = extract_concept_vectors(
-            pl_module.model,
-            pl_module.tokenizer,
-            records,
-            neutral,
-            position=self.position,
-            batch_size=self.batch_size,
-            model_name=_model_name(pl_module.model),
-            step=trainer.global_step,
-            probe=self.probe,
-        )
+        cached = self._cache_file(pl_module, records, neutral) if reuse else None
+        vectors = None
+        if cached is not None:
+            vectors = trainer.strategy.broadcast(
+                ConceptVectors.load(cached) if trainer.is_global_zero and cached.is_file() else None)
+        if vectors is None:
+            vectors = extract_concept_vectors(
+                pl_module.model,
+                pl_module.tokenizer,
+                records,
+                neutral,
+                position=self.position,
+                batch_size=self.batch_size,
+                model_name=_model_name(pl_module.model),
+                step=trainer.global_step,
+                probe=self.probe,
+            )
+            if cached is not None and trainer.is_global_zero:
+                vectors.save(cached)
+        else:
+            log.info("concept vectors at step %d reused from %s", vectors.step, cached)
         self.history[vectors.step] = vectors
         if self.baseline is None:
             self.baseline = vectors
@@ -128,6 +140,13 @@ class ConceptVectorCallback(pl.Callback):
             self._log(trainer, vectors, self._target(trainer, pl_module))
         self.extract_seconds += time.perf_counter() - start  # capture, file and figures: the callback's whole cost
         return vectors
+
+    def _cache_file(self, pl_module: pl.LightningModule, records: list, neutral: list) -> Path | None:
+        """Where the module's baseline cache keeps these step-0 vectors; None when they must be measured."""
+        key_of = getattr(pl_module, "baseline_cache_key", None)
+        key = key_of("concepts", records=record_keys(records), neutral=record_keys(neutral), position=self.position,
+                     probe=self.probe) if key_of is not None else None
+        return Path(pl_module.baseline_cache) / f"concepts-{key}.safetensors" if key else None
 
     def _prompts(self, trainer: pl.Trainer) -> tuple[list, list]:
         datamodule = trainer.datamodule

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Optional, Sequence
 
 import torch
 
@@ -53,6 +54,7 @@ def generate(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     max_new_tokens: int = 32,
+    first_logits: Optional[list[torch.Tensor]] = None,
     **kwargs,
 ) -> list[str]:
     """Greedy responses (new tokens only, special tokens skipped), one string per row.
@@ -61,6 +63,9 @@ def generate(
     emitted a stop token (see `stop_token_ids`) or after `max_new_tokens`. `kwargs` go to
     `model.generate` (e.g. `min_new_tokens`). The model runs in eval mode under inference_mode (no_grad when FSDP2-sharded);
     its training mode is restored afterwards. Works for plain and peft-wrapped causal LMs.
+
+    With `first_logits` (a list), the raw (B, V) logits of the first generated position are appended
+    to it: what a one-forward logit judge would compute, taken from the prefill for free.
     """
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise ValueError(f"generate: input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be equal (B, T)")
@@ -75,12 +80,35 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        with inference_context(model):
+        with inference_context(model), _first_logits_hook(model, first_logits):
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
     finally:
         model.train(was_training)
     new_tokens = output[:, input_ids.shape[1]:]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+@contextmanager
+def _first_logits_hook(model, sink: Optional[list[torch.Tensor]]):
+    """Append the LM head's output at the last position of its first call (the prefill) to `sink`.
+
+    A hook on the output embeddings sees the raw logits, before any logits processor of `generate`.
+    """
+    if sink is None:
+        yield
+        return
+    seen = []
+
+    def hook(module, args, output) -> None:
+        if not seen:
+            seen.append(True)
+            sink.append(output[:, -1, :].float())
+
+    handle = model.get_output_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def bucket_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -273,25 +273,33 @@ class LogitRefusalJudge:
     def score(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,) float refusal log-odds from a single forward pass."""
         if self.refusal_ids is None:
-            raise RuntimeError("LogitRefusalJudge.score: call prepare(tokenizer) first")
-        with inference_context(model):
-            return self._score(model, input_ids, attention_mask)
+            raise RuntimeError("LogitRefusalJudge: call prepare(tokenizer) first")
+        return self.log_odds(self.last_logits(model, input_ids, attention_mask))
 
-    def _score(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def last_logits(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, V) float next-token logits at the last prompt position: one forward, LM head there only."""
         if not bool(attention_mask[:, -1].all()):
-            raise ValueError("LogitRefusalJudge.score: prompts must be left padded (attention_mask[:, -1] must be all 1)")
+            raise ValueError("LogitRefusalJudge: prompts must be left padded (attention_mask[:, -1] must be all 1)")
         was_training = model.training
         model.eval()
         try:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-            try:  # only the last position's logits are needed: skip the LM head elsewhere where supported
-                output = model(**inputs, logits_to_keep=1)
-            except TypeError:
-                output = model(**inputs)
-            logits = output.logits[:, -1, :].float()
+            with inference_context(model):
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+                try:  # only the last position's logits are needed: skip the LM head elsewhere where supported
+                    output = model(**inputs, logits_to_keep=1)
+                except TypeError:
+                    output = model(**inputs)
+                return output.logits[:, -1, :].float()
         finally:
             model.train(was_training)
+
+    def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B,) refusal log-odds from (B, V) next-token logits at the first response position
+        (e.g. those `generate(..., first_logits=[])` collects from its prefill)."""
+        if self.refusal_ids is None:
+            raise RuntimeError("LogitRefusalJudge: call prepare(tokenizer) first")
+        logits = logits.float()
         refusal = torch.tensor(self.refusal_ids, device=logits.device)
         compliance = torch.tensor(self.compliance_ids, device=logits.device)
         return logits.index_select(-1, refusal).logsumexp(-1) - logits.index_select(-1, compliance).logsumexp(-1)

@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 
 from ema_lightning.backbone import Backbone, count_parameters, load_model, load_tokenizer
+from ema_lightning.baseline_cache import base_fingerprint, cache_key, is_fresh_adapter, record_keys, spec
 from ema_lightning.data.collate import format_prompt
 from ema_lightning.domains import DOMAINS, canonical_domain
 from ema_lightning.evaluation.generation import generate
@@ -51,6 +52,9 @@ class CausalLMModule(pl.LightningModule):
         refusal_score: also log each domain's mean refusal log-odds on harmful prompts
             (`val/refusal_score/<domain>`, one extra forward per eval batch): a continuous measure that
             still moves where refusal rates sit at 0 or 1.
+        baseline_cache: folder where step-0 measurements of a fresh adapter on a file-backed base (the
+            baseline evaluation, concept vectors) are stored and reused by later runs on the same base
+            and prompts (`ema_lightning.baseline_cache`); `ema-lightning study` sets it.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class CausalLMModule(pl.LightningModule):
         samples_per_domain: int = 2,
         export: Export = "adapter",
         refusal_score: bool = True,
+        baseline_cache: Optional[str] = None,
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:
@@ -77,6 +82,9 @@ class CausalLMModule(pl.LightningModule):
         self.max_new_tokens = max_new_tokens
         self.samples_per_domain = samples_per_domain
         self.export = export
+        self.baseline_cache = baseline_cache
+        self._cached_baseline: Optional[dict[str, Any]] = None
+        self._baseline_key: Optional[str] = None
         self.model: Optional[torch.nn.Module] = None
         self._tokenizer = None
         self.val_refusal = DomainRefusalRate()
@@ -165,15 +173,21 @@ class CausalLMModule(pl.LightningModule):
         return responses
 
     # ------------------------------------------------------------ validation
-    def _judge_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[str] | None]:
+    def _judge_batch(self, batch: dict[str, Any], scores: bool) -> tuple[torch.Tensor, list[str] | None, torch.Tensor | None]:
+        """Refusal flags, the responses (None under the logit judge) and, with `scores`, the refusal
+        log-odds, taken from the same forward pass (the logit judge's, or generation's prefill)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         if self.logit_judge is not None:
-            refused = self._prepared(self.logit_judge).judge(self.model, batch["input_ids"], batch["attention_mask"])
-            return refused.to(self.device).bool(), None
-        responses = generate(
-            self.model, self.tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=self.max_new_tokens
-        )
-        refused = self.judge(responses, batch["prompts"])
-        return torch.tensor(refused, dtype=torch.bool, device=self.device), responses
+            judge = self._prepared(self.logit_judge)
+            logits = judge.last_logits(self.model, ids, mask)
+            refused, responses = judge.log_odds(logits) > judge.threshold, None
+        else:
+            sink: list[torch.Tensor] | None = [] if scores else None
+            responses = generate(self.model, self.tokenizer, ids, mask, max_new_tokens=self.max_new_tokens, first_logits=sink)
+            refused = torch.tensor(self.judge(responses, batch["prompts"]), dtype=torch.bool)
+            logits = sink[0] if sink else None
+        log_odds = self._prepared(self._score_judge).log_odds(logits) if scores and logits is not None else None
+        return refused.to(self.device).bool(), responses, log_odds
 
     def _prepared(self, judge: LogitRefusalJudge) -> LogitRefusalJudge:
         """The judge with its first-token ids taken from the tokenizer once, not at every eval batch."""
@@ -182,7 +196,10 @@ class CausalLMModule(pl.LightningModule):
         return judge
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        refused, responses = self._judge_batch(batch)
+        if self._cached_baseline is not None:
+            return  # the sanity check of a run whose baseline evaluation is cached (see on_validation_epoch_start)
+        want_scores = self.val_refusal_score is not None and dataloader_idx == 0
+        refused, responses, scores = self._judge_batch(batch, want_scores)
         valid = batch.get("valid")
         valid = torch.ones_like(refused) if valid is None else valid.to(refused.device).bool()
         harmful = batch["harmful"].to(refused.device).bool()
@@ -192,8 +209,7 @@ class CausalLMModule(pl.LightningModule):
         )
         refusal.update(refused, batch["domain_ids"], valid & harmful)
         over_refusal.update(refused, batch["domain_ids"], valid & ~harmful)
-        if self.val_refusal_score is not None and dataloader_idx == 0:
-            scores = self._prepared(self._score_judge).score(self.model, batch["input_ids"], batch["attention_mask"])
+        if scores is not None:
             self.val_refusal_score.update(scores.float(), batch["domain_ids"], valid & harmful)
         if responses is not None and dataloader_idx == 0:
             self._keep_samples(batch, responses, refused, valid)
@@ -224,25 +240,71 @@ class CausalLMModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish_evaluation("test")
 
-    def _finish_evaluation(self, stage: str) -> None:
-        refusal = self.val_refusal.compute().cpu()
-        over_refusal = self.val_over_refusal.compute().cpu()
-        self.val_refusal.reset()
-        self.val_over_refusal.reset()
-        metrics = _rate_metrics(stage, refusal, over_refusal)
-        score = None
-        if self.val_refusal_score is not None:
-            score = self.val_refusal_score.compute().cpu()
-            self.val_refusal_score.reset()
-            metrics.update({f"{stage}/refusal_score/{d}": float(score[i]) for i, d in enumerate(DOMAINS)})
-        external = None
+    def on_validation_epoch_start(self) -> None:
+        self._cached_baseline, self._baseline_key = None, None
+        if self.trainer.sanity_checking:
+            self._baseline_key = self._evaluation_key()
+            if self._baseline_key is not None:
+                path = self._baseline_file(self._baseline_key)
+                entry = json.loads(path.read_text()) if self.trainer.is_global_zero and path.is_file() else None
+                self._cached_baseline = self.trainer.strategy.broadcast(entry)
+                if self._cached_baseline is not None:
+                    log.info("baseline evaluation reused from %s", path)
+
+    def _evaluation_key(self) -> Optional[str]:
+        data = self._datamodule
+        return self.baseline_cache_key(
+            "evaluation",
+            eval=record_keys(getattr(data, "eval_records", None) or []),
+            external=record_keys(getattr(data, "external_eval_records", None) or []),
+            data={k: getattr(data, k, None) for k in ("max_prompt_length", "eval_batch_size")},
+            sanity_batches=self.trainer.num_sanity_val_steps,
+            max_new_tokens=self.max_new_tokens, samples_per_domain=self.samples_per_domain,
+            judge=spec(self.judge), logit_judge=spec(self.logit_judge), refusal_score=self.val_refusal_score is not None,
+        )
+
+    def baseline_cache_key(self, kind: str, **parts: Any) -> Optional[str]:
+        """Key of a step-0 measurement of this run's base (see `ema_lightning.baseline_cache`), or None
+        when it must be measured: no `baseline_cache`, past step 0, or a model that is not its base.
+        Collective under DDP/FSDP: every rank calls it."""
+        if self.baseline_cache is None or self.model is None or self._trainer is None or self.global_step != 0:
+            return None
+        fingerprint = base_fingerprint(self.backbone)
+        fresh = fingerprint is not None and is_fresh_adapter(self.model)
+        if not self.trainer.strategy.reduce_boolean_decision(fresh, all=True):
+            return None
+        return cache_key(kind=kind, base=fingerprint, **parts)
+
+    def _baseline_file(self, key: str, suffix: str = ".json", kind: str = "evaluation") -> Path:
+        return Path(self.baseline_cache) / f"{kind}-{key}{suffix}"
+
+    def _measured(self) -> dict[str, Any]:
+        """This evaluation's results from the (synced) metrics, which are reset for the next one."""
+        entry: dict[str, Any] = {}
+        for name, metric in (("refusal", self.val_refusal), ("over_refusal", self.val_over_refusal),
+                             ("refusal_score", self.val_refusal_score)):
+            if metric is not None:
+                entry[name] = as_dict(metric.compute().cpu())
+                metric.reset()
         if self.has_external_eval:
-            external = (self.external_refusal.compute().cpu(), self.external_over_refusal.compute().cpu())
-            self.external_refusal.reset()
-            self.external_over_refusal.reset()
-            metrics.update(_rate_metrics(f"{stage}_external", *external))
-        target = self.target_domain
+            for name, metric in (("external_refusal", self.external_refusal), ("external_over_refusal", self.external_over_refusal)):
+                entry[name] = as_dict(metric.compute().cpu())
+                metric.reset()
+        entry["samples"], self._samples = self._samples, []
+        return entry
+
+    def _finish_evaluation(self, stage: str) -> None:
         sanity = self._trainer is not None and self.trainer.sanity_checking
+        cached = self._cached_baseline if sanity else None
+        entry = dict(cached) if cached is not None else self._measured()
+        refusal, over_refusal = _tensor(entry["refusal"]), _tensor(entry["over_refusal"])
+        metrics = _rate_metrics(stage, refusal, over_refusal)
+        if "refusal_score" in entry:
+            metrics.update({f"{stage}/refusal_score/{d}": v for d, v in entry["refusal_score"].items()})
+        if "external_refusal" in entry:
+            metrics.update(_rate_metrics(f"{stage}_external", _tensor(entry["external_refusal"]),
+                                         _tensor(entry["external_over_refusal"])))
+        target = self.target_domain
         if sanity or (self.baseline is None and self.global_step == 0 and stage == "val"):
             self.baseline = refusal.clone()
         if self.baseline is not None and target is not None:
@@ -251,14 +313,10 @@ class CausalLMModule(pl.LightningModule):
         step = 0 if sanity else self.global_step
         self.history.append(
             {"stage": "baseline" if sanity else stage, "step": step, "epoch": self.current_epoch,
-             "refusal": as_dict(refusal), "over_refusal": as_dict(over_refusal),
-             "ema_score": metrics.get(f"{stage}/ema_score"), "samples": self._samples}
+             **entry, "ema_score": metrics.get(f"{stage}/ema_score")}
         )
-        if score is not None:
-            self.history[-1]["refusal_score"] = as_dict(score)
-        if external is not None:
-            self.history[-1].update(external_refusal=as_dict(external[0]), external_over_refusal=as_dict(external[1]))
-        self._samples = []
+        if sanity and cached is None and self._baseline_key is not None:
+            self._store(self._baseline_file(self._baseline_key), json.dumps(entry, indent=1))
         # Loggers get the metrics at the optimizer step they describe (the baseline at step 0, which
         # Lightning's self.log would drop during the sanity check); self.log feeds callbacks only.
         self._log_to_loggers(metrics, step=step)
@@ -266,6 +324,13 @@ class CausalLMModule(pl.LightningModule):
             finite = {k: v for k, v in metrics.items() if not math.isnan(v)}
             self.log_dict(finite, logger=False, rank_zero_only=True)
         self._write_history(self.run_dir)  # run_dir on every rank: trainer.log_dir is a broadcast
+
+    @rank_zero_only
+    def _store(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(text)
+        temporary.replace(path)  # atomic: a concurrent reader sees the whole file or none
 
     @rank_zero_only
     def _log_to_loggers(self, metrics: dict[str, float], step: int) -> None:
@@ -342,6 +407,11 @@ def base_state_dict(model: torch.nn.Module, full: Optional[dict] = None) -> dict
             continue
         state[key.replace(".base_layer.", ".")] = value
     return state
+
+
+def _tensor(rates: dict[str, float]) -> torch.Tensor:
+    """Per-domain values (a history dict) as a tensor in `DOMAINS` order."""
+    return torch.tensor([rates[d] for d in DOMAINS], dtype=torch.float32)
 
 
 def _nanmean(rates: torch.Tensor) -> float:

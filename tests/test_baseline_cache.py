@@ -1,0 +1,85 @@
+"""Step-0 measurements shared by runs on one base: measured once, reused with the same numbers."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from tiny import tiny_qwen2
+
+from ema_lightning.backbone import Backbone, load_model, load_tokenizer
+from ema_lightning.baseline_cache import base_fingerprint, cache_key, is_fresh_adapter
+from ema_lightning.cli import main
+from ema_lightning.concepts.vectors import ConceptVectors
+
+TINY = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+
+
+@pytest.fixture
+def base(in_repo, tmp_path) -> Path:
+    """A file-backed tiny base with the built-in tokenizer, as stage 1 of a study leaves one."""
+    tokenizer = load_tokenizer(Backbone(tiny=TINY, tokenizer="builtin"))
+    model = load_model(Backbone(tiny={**TINY, "vocab_size": len(tokenizer)}, tokenizer="builtin"))
+    directory = tmp_path / "base"
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _fit(base: Path, cache: Path, out: Path, calls: dict, monkeypatch):
+    import ema_lightning.concepts.callback as callback
+    import ema_lightning.modules.base as module
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(module, "generate", counted("generate", module.generate))
+    monkeypatch.setattr(callback, "extract_concept_vectors", counted("concepts", callback.extract_concept_vectors))
+    return main([
+        "fit", "--config", "configs/models/tiny_aligned.yaml", "--config", "configs/unlearning/npo_cybersecurity.yaml",
+        "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.eval_per_domain=2", "--data.forget_size=16",
+        f"--model.init_args.backbone.name_or_path={base}", f"--model.init_args.baseline_cache={cache}",
+        "--model.init_args.export=none", f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
+    ])
+
+
+def test_second_run_reuses_the_baseline_evaluation_and_concept_vectors(base, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first_calls, second_calls = {}, {}
+    first = _fit(base, cache, tmp_path / "logs", first_calls, monkeypatch)
+    monkeypatch.undo()
+    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["concepts", "evaluation"]
+    second = _fit(base, cache, tmp_path / "logs", second_calls, monkeypatch)
+    # run 1: baseline + final evaluation, vectors at steps 0 and 2; run 2 measures only the final ones
+    assert first_calls["generate"] == 2 * second_calls["generate"] and second_calls["generate"] > 0
+    assert first_calls["concepts"] == 2 and second_calls["concepts"] == 1
+    assert first.model.history[0] == second.model.history[0] and first.model.history[0]["stage"] == "baseline"
+    torch.testing.assert_close(second.model.baseline, first.model.baseline)
+    vectors = [ConceptVectors.load(Path(cli.trainer.log_dir) / "concept_vectors" / "step=0.safetensors") for cli in (first, second)]
+    torch.testing.assert_close(vectors[0].vectors, vectors[1].vectors)
+
+
+def test_changed_base_files_change_the_key(base):
+    backbone = Backbone(name_or_path=str(base), tokenizer="builtin")
+    key = cache_key(base=base_fingerprint(backbone))
+    assert key == cache_key(base=base_fingerprint(backbone))
+    weights = base / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert cache_key(base=base_fingerprint(backbone)) != key
+    assert base_fingerprint(Backbone(tiny=TINY)) is None  # random init: never reused
+
+
+def test_only_a_fresh_adapter_counts_as_the_base():
+    model = tiny_qwen2(16)
+    assert not is_fresh_adapter(model)  # full fine-tuning: measured every time
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert is_fresh_adapter(peft_model)
+    with torch.no_grad():
+        next(p for n, p in peft_model.named_parameters() if "lora_B" in n)[0, 0] = 1.0
+    assert not is_fresh_adapter(peft_model)
