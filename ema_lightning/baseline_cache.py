@@ -31,8 +31,9 @@ def base_fingerprint(backbone: Backbone) -> Optional[dict[str, Any]]:
     b = resolve_sources(backbone)
     fingerprint: dict[str, Any] = {k: v for k, v in dataclasses.asdict(b).items() if k != "lora"}
     for field in ("name_or_path", "tokenizer"):
-        path = Path(b.name_or_path if field == "name_or_path" else (b.tokenizer or ""))
-        if str(path) and path.is_dir():
+        value = getattr(b, field)
+        path = Path(value) if value else None
+        if path is not None and path.is_dir():
             fingerprint[f"{field}_files"] = [
                 (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
                 for f in sorted(path.rglob("*")) if f.is_file()

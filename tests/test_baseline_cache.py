@@ -83,3 +83,10 @@ def test_only_a_fresh_adapter_counts_as_the_base():
     with torch.no_grad():
         next(p for n, p in peft_model.named_parameters() if "lora_B" in n)[0, 0] = 1.0
     assert not is_fresh_adapter(peft_model)
+
+
+def test_fingerprint_reads_only_the_base_folders(base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an unset tokenizer must not fingerprint the working directory
+    fingerprint = base_fingerprint(Backbone(name_or_path=str(base)))
+    (tmp_path / "unrelated.txt").write_text("changes between runs")
+    assert base_fingerprint(Backbone(name_or_path=str(base))) == fingerprint and "tokenizer_files" not in fingerprint

@@ -23,7 +23,7 @@ from ema_lightning.backbone import Backbone, count_parameters, load_model, load_
 from ema_lightning.baseline_cache import base_fingerprint, cache_key, is_fresh_adapter, record_keys, spec
 from ema_lightning.data.collate import format_prompt
 from ema_lightning.domains import DOMAINS, canonical_domain
-from ema_lightning.evaluation.generation import generate
+from ema_lightning.evaluation.generation import bucket_by_length, generate
 from ema_lightning.evaluation.judges import KeywordRefusalJudge, LogitRefusalJudge, RefusalJudge
 from ema_lightning.evaluation.metrics import DomainMeanScore, DomainRefusalRate, as_dict, ema_score
 
@@ -151,25 +151,19 @@ class CausalLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------ generation
     def generate_responses(self, prompts: list[str], batch_size: int = 32) -> list[str]:
-        """Greedy responses of the current model to raw prompts (chat template applied)."""
+        """Greedy responses of the current model to raw prompts (chat template applied), in batches of
+        similar token length."""
         tokenizer = self.tokenizer
         texts = [format_prompt(tokenizer, p) for p in prompts]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
         responses: list[str] = [""] * len(texts)
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            for start in range(0, len(order), batch_size):
-                rows = order[start : start + batch_size]
-                enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
-                out = generate(
-                    self.model, tokenizer, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                    max_new_tokens=self.max_new_tokens,
-                )
-                for i, text in zip(rows, out):
-                    responses[i] = text
-        finally:
-            tokenizer.padding_side = side
+        for rows in bucket_by_length(lengths, batch_size):
+            enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, padding_side="left",
+                            add_special_tokens=False)
+            out = generate(self.model, tokenizer, enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                           max_new_tokens=self.max_new_tokens)
+            for i, text in zip(rows, out):
+                responses[i] = text
         return responses
 
     # ------------------------------------------------------------ validation
