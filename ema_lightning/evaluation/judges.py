@@ -69,7 +69,7 @@ def split_sentences(text: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 _I_AM = r"i(?:'m| am)"
-_CANNOT = r"(?:can't|cant|cannot|can not|won't|wont|will not|shan't|(?:'m|am) not going to|(?:'m|am) unable to|(?:'m|am) not able to|(?:'m|am) not supposed to|should ?n[o']t|would rather not|'d rather not)"
+_CANNOT = r"(?:can't|cant|cannot|can not|won't|wont|will not|shan't|(?:'m|am|'re|are) not going to|(?:'m|am|'re|are) unable to|(?:'m|am|'re|are) not able to|(?:'m|am|'re|are) not supposed to|should ?n[o']t|would rather not|'d rather not)"
 # what an assistant declines to do; "I can't stress enough" / "I won't lie" are not refusals
 _HELP_VERBS = (
     r"(?:help|assist|provide|do|write|create|give|share|support|comply|fulfil|fulfill|generate|engage|condone|"
@@ -78,8 +78,9 @@ _HELP_VERBS = (
     r"be able to|be providing|be helping|that|this|it)"
 )
 REFUSAL_PATTERNS: tuple[str, ...] = (
-    rf"\bi ?{_CANNOT} (?:\w+ ){{0,2}}{_HELP_VERBS}\b(?! (?:\w+ )?(?:highly )?enough)",
-    rf"\bi(?:'ll| will) not {_HELP_VERBS}\b",
+    # "we": assistants speaking for their makers; "can't stress enough that", "can't wait to" are not refusals
+    rf"\b(?:i|we) ?{_CANNOT} (?!(?:stress|emphasi[sz]e|overstate|wait|believe|thank)\b)(?:\w+ ){{0,2}}{_HELP_VERBS}\b(?! (?:\w+ )?(?:highly )?enough)",
+    rf"\b(?:i|we)(?:'ll| will) not {_HELP_VERBS}\b",
     r"\bi (?:must|have to|need to|will|'ll) (?:respectfully |politely )?(?:decline|refuse)\b",
     rf"\b(?:{_I_AM}|i'd|i would|i have to|i must) (?:be )?(?:respectfully )?declin(?:e|ing)\b",
     r"\bi refuse to\b",
