@@ -4,7 +4,8 @@ The runs of a study share one base model and one eval set and start with a fresh
 B matrices are zero, so the model *is* its base: their baseline evaluation and their step-0 concept
 vectors are the same computation, eight times over. With `baseline_cache` set, a run looks each one
 up under a key of everything it depends on (the base's files, the prompts, the settings that shape
-the measurement) and stores it on a miss. `ema-lightning study` sets it for its runs.
+the measurement, the package's own code) and stores it on a miss. `ema-lightning study` sets it for
+its runs.
 
 Nothing is reused for a tiny random-init backbone, a full fine-tune, or an adapter that is not fresh
 (resumed, loaded, or initialised away from zero): those are measured every time.
@@ -13,6 +14,7 @@ Nothing is reused for a tiny random-init backbone, a full fine-tune, or an adapt
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -64,11 +66,21 @@ def spec(obj: Any) -> dict[str, Any] | None:
 
 
 def cache_key(**parts: Any) -> str:
-    """A stable hex digest of `parts` and the package version (JSON, sorted keys; other objects by repr)."""
-    from ema_lightning import __version__
-
-    text = json.dumps({**parts, "ema_lightning": __version__}, sort_keys=True, default=repr)
+    """A stable hex digest of `parts` (JSON, sorted keys; other objects by repr) and of the package's
+    source code, so that a changed judge, generation or capture never reuses an old measurement."""
+    text = json.dumps({**parts, "ema_lightning": package_digest()}, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=1)
+def package_digest() -> str:
+    """sha256 of every Python file and asset of the installed `ema_lightning` package."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".jsonl", ".json", ".yaml")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def record_keys(records) -> list[tuple[str, str, bool]]:

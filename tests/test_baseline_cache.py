@@ -90,3 +90,11 @@ def test_fingerprint_reads_only_the_base_folders(base, tmp_path, monkeypatch):
     fingerprint = base_fingerprint(Backbone(name_or_path=str(base)))
     (tmp_path / "unrelated.txt").write_text("changes between runs")
     assert base_fingerprint(Backbone(name_or_path=str(base))) == fingerprint and "tokenizer_files" not in fingerprint
+
+
+def test_a_change_to_the_package_code_changes_the_key(monkeypatch):
+    import ema_lightning.baseline_cache as module
+
+    key = cache_key(judge="keyword")
+    monkeypatch.setattr(module, "package_digest", lambda: "another version of the judge")
+    assert cache_key(judge="keyword") != key
