@@ -50,8 +50,8 @@ class CausalLMModule(pl.LightningModule):
         export: what to write at the end of fit: the LoRA adapter (PEFT format), the merged model,
             the full model, or nothing. Written to `<log_dir>/export`.
         refusal_score: also log each domain's mean refusal log-odds on harmful prompts
-            (`val/refusal_score/<domain>`, one extra forward per eval batch): a continuous measure that
-            still moves where refusal rates sit at 0 or 1.
+            (`val/refusal_score/<domain>`, read from generation's prefill logits, no extra forward): a
+            continuous measure that still moves where refusal rates sit at 0 or 1.
         baseline_cache: folder where step-0 measurements of a fresh adapter on a file-backed base (the
             baseline evaluation, concept vectors) are stored and reused by later runs on the same base
             and prompts (`ema_lightning.baseline_cache`); `ema-lightning study` sets it.
@@ -269,8 +269,8 @@ class CausalLMModule(pl.LightningModule):
             return None
         return cache_key(kind=kind, base=fingerprint, **parts)
 
-    def _baseline_file(self, key: str, suffix: str = ".json", kind: str = "evaluation") -> Path:
-        return Path(self.baseline_cache) / f"{kind}-{key}{suffix}"
+    def _baseline_file(self, key: str) -> Path:
+        return Path(self.baseline_cache) / f"evaluation-{key}.json"
 
     def _measured(self) -> dict[str, Any]:
         """This evaluation's results from the (synced) metrics, which are reset for the next one."""
