@@ -199,22 +199,22 @@ def run_study(study: Study) -> Path:
     print(f"[study] checking {len(study.runs)} runs and their data")
     facts = check_study(study)
     timings: dict[str, float] = {}
-    base_args: list[str] = []
+    run_args: list[str] = []  # given to every unlearning run: the aligned base, the baseline cache
     base_text = ""
     if study.base:
         t0 = time.perf_counter()
         base_dir, base_history, verdict = build_base(study)
         base_text = base_section(base_history) + "\n" + verdict + "\n"
         timings["aligned base"] = time.perf_counter() - t0
-        base_args = [f"--{study.base_argument}={base_dir}"]
+        run_args.append(f"--{study.base_argument}={base_dir}")
     if study.reuse_baseline:
-        base_args.append(f"--model.init_args.baseline_cache={Path(study.output_dir) / 'baseline_cache'}")
+        run_args.append(f"--model.init_args.baseline_cache={Path(study.output_dir) / 'baseline_cache'}")
     results: list[RunResult] = []
     for k, (run, fact) in enumerate(zip(study.runs, facts), 1):
         print(f"[study] run {k}/{len(study.runs)}: {run.name} (target {fact['target']}, {fact['method']}, "
               f"{'with' if fact['contained'] else 'without'} retain CE)")
         t0 = time.perf_counter()
-        cli = _cli(_fit_argv(run.config, run.args + study.args, study.output_dir, run.name, base_args), run=True)
+        cli = _cli(_fit_argv(run.config, run.args + study.args, study.output_dir, run.name, run_args), run=True)
         wall = time.perf_counter() - t0
         timings[run.name] = wall
         extra = {"concept_seconds": getattr(_concept_callback(cli.trainer), "extract_seconds", 0.0)}
