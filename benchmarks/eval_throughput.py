@@ -23,9 +23,9 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ema_lightning.data.builtin import builtin_records
-from ema_lightning.data.collate import format_prompt
+from ema_lightning.data.collate import bucket_by_length, format_prompt
 from ema_lightning.data.tokenizer import builtin_tokenizer
-from ema_lightning.evaluation.generation import bucket_by_length, generate
+from ema_lightning.evaluation.generation import generate
 from ema_lightning.evaluation.judges import KeywordRefusalJudge, LogitRefusalJudge
 
 

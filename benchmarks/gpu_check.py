@@ -88,7 +88,7 @@ def _fit(tmp: Path, name: str, shape: str, steps: int, extra: list[str], gpu: bo
                peak_memory_gib=[round(r["peak_memory_gib"], 3) for r in ranks if r["peak_memory_gib"] is not None])
     history = next(out.glob("*/version_*/eval_history.json"), None)
     if history is not None:
-        row["refusal"] = json.loads(history.read_text())[-1]["refusal"]
+        row["refusal"] = json.loads(history.read_text())[-1]["refusal"]["rate"]
     return row
 
 

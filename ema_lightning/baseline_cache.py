@@ -9,6 +9,9 @@ its runs.
 
 Nothing is reused for a tiny random-init backbone, a full fine-tune, or an adapter that is not fresh
 (resumed, loaded, or initialised away from zero): those are measured every time.
+
+`BaselineCache` is the object a `CausalLMModule` holds (its `baseline_cache` argument) and the
+`ConceptVectorCallback` asks for its step-0 vectors; the functions below are its parts.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 from ema_lightning.backbone import Backbone, resolve_sources
+from ema_lightning.results import Evaluation
 
 
 def base_fingerprint(backbone: Backbone) -> Optional[dict[str, Any]]:
@@ -58,13 +62,6 @@ def is_fresh_adapter(model: torch.nn.Module) -> bool:
     return found
 
 
-def spec(obj: Any) -> dict[str, Any] | None:
-    """A JSON-able description of a judge (its class and public settings) for cache keys."""
-    if obj is None:
-        return None
-    return {"class": type(obj).__qualname__, **{k: v for k, v in vars(obj).items() if not k.startswith("_")}}
-
-
 def cache_key(**parts: Any) -> str:
     """A stable hex digest of `parts` (JSON, sorted keys; other objects by repr) and of the package's
     source code, so that a changed judge, generation or capture never reuses an old measurement."""
@@ -86,3 +83,63 @@ def package_digest() -> str:
 def record_keys(records) -> list[tuple[str, str, bool]]:
     """The part of eval records a measurement depends on: prompt, domain, harmful."""
     return [(r.prompt, r.domain, bool(r.harmful)) for r in records]
+
+
+def loader_keys(loaders) -> list[dict[str, Any]]:
+    """What an evaluation over these eval DataLoaders depends on: every encoded prompt (token ids,
+    domain, harmful; so tokenizer, chat template and truncation count too) and the batch size."""
+    if loaders is None:
+        return []
+    keys = []
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        dataset = loader.dataset
+        rows = [dataset[i] for i in range(len(dataset))]
+        keys.append({"batch_size": loader.batch_size,
+                     "prompts": [(list(r["input_ids"]), int(r["domain_id"]), bool(r["harmful"])) for r in rows]})
+    return keys
+
+
+class BaselineCache:
+    """Step-0 measurements of fresh adapters on a file-backed base, stored in `directory` by key.
+
+    `key` is collective under DDP/FSDP (every rank calls it); `load_evaluation` reads on rank 0 and
+    broadcasts; stores happen on rank 0 only.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def key(self, kind: str, backbone: Backbone, model: torch.nn.Module, trainer, **parts: Any) -> Optional[str]:
+        """Key of a step-0 measurement of `model`, or None when it must be measured: past step 0, a
+        random-init base, or a model that is not its base (not a fresh adapter on some rank)."""
+        if model is None or trainer.global_step != 0:
+            return None
+        fingerprint = base_fingerprint(backbone)
+        fresh = fingerprint is not None and is_fresh_adapter(model)
+        if not trainer.strategy.reduce_boolean_decision(fresh, all=True):
+            return None
+        return cache_key(kind=kind, base=fingerprint, **parts)
+
+    def evaluation_file(self, key: str) -> Path:
+        return self.directory / f"evaluation-{key}.json"
+
+    def concepts_file(self, key: str) -> Path:
+        return self.directory / f"concepts-{key}.safetensors"
+
+    def load_evaluation(self, key: str, trainer) -> Optional[Evaluation]:
+        path = self.evaluation_file(key)
+        entry = json.loads(path.read_text()) if trainer.is_global_zero and path.is_file() else None
+        entry = trainer.strategy.broadcast(entry)
+        return Evaluation.from_dict(entry) if entry is not None else None
+
+    def store_evaluation(self, key: str, evaluation: Evaluation, trainer) -> None:
+        if trainer.is_global_zero:
+            write_atomic(self.evaluation_file(key), json.dumps(evaluation.to_dict(), indent=1))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it: a reader sees the whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)

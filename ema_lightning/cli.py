@@ -1,16 +1,20 @@
-"""Command line: `ema-lightning fit|validate|test|study|extract`.
+"""Command line: `ema-lightning fit|validate|test|study|extract`; the top of the import graph.
 
 fit / validate / test are LightningCLI subcommands over any `CausalLMModule` subclass and the
 `RefusalDataModule` (configs use class_path/init_args). `study` runs a whole EMA study from a study
-YAML; `extract` writes concept vectors of any model or checkpoint.
+YAML, each run a fit through `study_fit`; `extract` writes concept vectors of any model or checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
+from contextlib import contextmanager
 from typing import Any, Optional
 
 from jsonargparse import set_parsing_settings
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ema_lightning.data.datamodule import RefusalDataModule
@@ -37,6 +41,17 @@ USAGE = """usage: ema-lightning {fit,validate,test,study,extract} [--config CONF
 """
 
 
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, titled by optimizer steps when training is bounded by
+    `max_steps` (Lightning writes `Epoch 11/-2` when `max_epochs` is -1)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs in (None, -1):
+            return f"Step {trainer.global_step}/{trainer.max_steps}"
+        return super()._get_train_description(current_epoch)
+
+
 class EMALightningCLI(LightningCLI):
     """LightningCLI with the project's defaults; data is validated before the model loads."""
 
@@ -51,12 +66,72 @@ class EMALightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"seed_everything": 0})
+        # One target domain for both: the DataModule selects the forget set, the module scores EMA.
+        parser.link_arguments("data.target_domain", "model.init_args.target_domain")
 
-    def _load_data(self) -> None:
+    def instantiate_trainer(self, **kwargs: Any):
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        trainer = config.get("trainer") or {}
+        callbacks = list(trainer.get("callbacks") or [])
+        if trainer.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = [*callbacks, StepProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
+    def _connect_data(self) -> None:
         # Records are read and validated here, before the trainer builds the model.
-        self.datamodule.load()
+        self.datamodule.connect(self.model.tokenizer, self.model.generate_responses).load()
 
-    before_fit = before_validate = before_test = _load_data
+    before_fit = before_validate = before_test = _connect_data
+
+
+def study_fit(request, run: bool):
+    """The study's `fit` (see `ema_lightning.study.Fit`): one LightningCLI fit of a `FitRequest`,
+    or with `run=False` its parsed config and loaded data only."""
+    from ema_lightning.concepts.callback import ConceptVectorCallback
+    from ema_lightning.study import FitOutcome
+
+    argv = [a for path in request.config for a in ("--config", path)] + list(request.args)
+    argv += [f"--{key}={value}" for key, value in request.overrides]
+    argv += [f"--trainer.logger.init_args.save_dir={request.output_dir}", f"--trainer.logger.init_args.name={request.name}"]
+    with _quiet():
+        cli = EMALightningCLI(args=["fit", *argv] if run else argv, run=run)  # without run: no subcommand
+        if not run:
+            cli.datamodule.load()
+    config = cli.config.get("fit", cli.config) if run else cli.config
+    concept_s = sum(c.extract_seconds for c in cli.trainer.callbacks if isinstance(c, ConceptVectorCallback))
+    return FitOutcome(
+        target=cli.model.target_domain, method=cli.model.method, contained=cli.model.contained,
+        seed=int(config.get("seed_everything") or 0), log_dir=str(cli.trainer.log_dir) if run else None,
+        evaluations=tuple(cli.model.evaluations), concept_s=concept_s,
+    )
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+@contextmanager
+def _quiet():
+    """Silence what tells a study's user nothing: LightningCLI's warning about `args` beside `sys.argv`
+    (the study passes each run's arguments on purpose) and Lightning's litlogger advertisement."""
+    tips = _DropTips()
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+             "lightning.fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.addFilter(tips)
+        for handler in logger.handlers:
+            handler.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(tips)
+            for handler in logger.handlers:
+                handler.removeFilter(tips)
 
 
 def main(args: Optional[list[str]] = None) -> Any:
@@ -68,7 +143,7 @@ def main(args: Optional[list[str]] = None) -> Any:
     if argv[0] == "study":
         from ema_lightning.study import study_main
 
-        return study_main(argv[1:])
+        return study_main(argv[1:], study_fit)
     if argv[0] == "extract":
         from ema_lightning.concepts.extract import extract_main
 

@@ -13,13 +13,16 @@ from ema_lightning.baseline_cache import record_keys
 from ema_lightning.concepts import analysis
 from ema_lightning.concepts.extract import cap_prompts
 from ema_lightning.concepts.vectors import ConceptVectors, extract_concept_vectors
-from ema_lightning.domains import DOMAINS, canonical_domain
+from ema_lightning.domains import DOMAINS
+from ema_lightning.modules.base import CausalLMModule
 
 log = logging.getLogger(__name__)
 
 
 class ConceptVectorCallback(pl.Callback):
     """Extract concept vectors at train start and whenever a checkpoint is saved; log them to TensorBoard.
+
+    Works with a `CausalLMModule` (its model, tokenizer, target domain and baseline cache).
 
     Writes `<log_dir>/<dirname>/step=N.safetensors` (rank 0; every rank takes part in the capture).
     Prompts come from `trainer.datamodule.eval_records` (harmful per domain; benign ones join the
@@ -59,6 +62,7 @@ class ConceptVectorCallback(pl.Callback):
         self.baseline: ConceptVectors | None = None
         self.history: dict[int, ConceptVectors] = {}
         self._checkpoint_steps: set[int] = set()
+        self._checkpoint_paths: tuple = ()
         self._output_dir: Path | None = None
         self.extract_seconds = 0.0
         """Wall time spent by this callback (capture, files, figures) during the last fit: the study's cost figure."""
@@ -67,6 +71,7 @@ class ConceptVectorCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.baseline, self.history, self._checkpoint_steps, self.extract_seconds = None, {}, set(), 0.0  # a fresh fit, a fresh baseline
+        self._saved_since_last_look(trainer)  # what a resumed run's checkpoint callbacks already hold
         # trainer.log_dir broadcasts under DDP, so every rank resolves it here, together.
         self._output_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
         baseline_file = self._output_dir / "step=0.safetensors"
@@ -81,20 +86,24 @@ class ConceptVectorCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         # Weights-only checkpoints skip callbacks' on_save_checkpoint; catch them before the next optimizer step.
-        if self._saved_this_step(trainer):
+        if self._saved_since_last_look(trainer):
             self._checkpoint_saved(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._output_dir is None:
             return
-        if self._saved_this_step(trainer):
+        if self._saved_since_last_look(trainer):
             self._checkpoint_saved(trainer, pl_module)
         if trainer.global_step not in self.history:  # the final weights, checkpointed or not
             self._extract(trainer, pl_module)
 
-    def _saved_this_step(self, trainer: pl.Trainer) -> bool:
-        step = trainer.global_step
-        return step > 0 and any(getattr(c, "_last_global_step_saved", None) == step for c in trainer.checkpoint_callbacks)
+    def _saved_since_last_look(self, trainer: pl.Trainer) -> bool:
+        """Whether a ModelCheckpoint wrote a file since the last call, read from its public paths (the
+        same on every rank: ModelCheckpoint broadcasts them)."""
+        seen = tuple((c.last_model_path, c.best_model_path, tuple(sorted(c.best_k_models)))
+                     for c in trainer.checkpoint_callbacks)
+        changed, self._checkpoint_paths = seen != self._checkpoint_paths, seen
+        return changed and trainer.global_step > 0
 
     def _checkpoint_saved(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
@@ -106,11 +115,11 @@ class ConceptVectorCallback(pl.Callback):
 
     # Work ---------------------------------------------------------------------------------------------
 
-    def _extract(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reuse: bool = False) -> ConceptVectors:
+    def _extract(self, trainer: pl.Trainer, pl_module: CausalLMModule, reuse: bool = False) -> ConceptVectors:
         """Capture (or, with `reuse`, take from the module's baseline cache), save and log the vectors."""
         start = time.perf_counter()
         records, neutral = self._prompts(trainer)
-        cached = self._cache_file(pl_module, records, neutral) if reuse else None
+        cached = self._cache_file(trainer, pl_module, records, neutral) if reuse else None
         vectors = None
         if cached is not None:
             vectors = trainer.strategy.broadcast(
@@ -137,16 +146,18 @@ class ConceptVectorCallback(pl.Callback):
         if trainer.is_global_zero:
             path = vectors.save(self._output_dir / f"step={vectors.step}.safetensors")
             log.info("concept vectors at step %d written to %s", vectors.step, path)
-            self._log(trainer, vectors, self._target(trainer, pl_module))
+            self._log(trainer, vectors, pl_module.target_domain)
         self.extract_seconds += time.perf_counter() - start  # capture, file and figures: the callback's whole cost
         return vectors
 
-    def _cache_file(self, pl_module: pl.LightningModule, records: list, neutral: list) -> Path | None:
+    def _cache_file(self, trainer: pl.Trainer, pl_module: CausalLMModule, records: list, neutral: list) -> Path | None:
         """Where the module's baseline cache keeps these step-0 vectors; None when they must be measured."""
-        key_of = getattr(pl_module, "baseline_cache_key", None)
-        key = key_of("concepts", records=record_keys(records), neutral=record_keys(neutral), position=self.position,
-                     probe=self.probe) if key_of is not None else None
-        return Path(pl_module.baseline_cache) / f"concepts-{key}.safetensors" if key else None
+        cache = pl_module.baseline_cache
+        if cache is None:
+            return None
+        key = cache.key("concepts", pl_module.backbone, pl_module.model, trainer, records=record_keys(records),
+                        neutral=record_keys(neutral), position=self.position, probe=self.probe)
+        return cache.concepts_file(key) if key else None
 
     def _prompts(self, trainer: pl.Trainer) -> tuple[list, list]:
         datamodule = trainer.datamodule
@@ -161,10 +172,6 @@ class ConceptVectorCallback(pl.Callback):
             return records, neutral
         return cap_prompts(records, neutral, self.max_prompts_per_domain)
 
-    @staticmethod
-    def _target(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
-        target = getattr(pl_module, "target_domain", None) or getattr(trainer.datamodule, "target_domain", None)
-        return canonical_domain(target) if target else None
 
     def _log(self, trainer: pl.Trainer, vectors: ConceptVectors, target: str | None) -> None:
         writers = [lg.experiment for lg in trainer.loggers if _is_summary_writer(getattr(lg, "experiment", None))]

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ema_lightning.data.collate import prompt_batches
+from ema_lightning.data.samplers import strided_shard
 from ema_lightning.distributed import inference_context
 
 POSITIONS = ("last", "mean")
@@ -48,31 +50,22 @@ def capture_activations(
 
     rank, world = _dist_rank_world()
     if world > 1:
-        shard_size = -(-len(prompts) // world)  # equal shards: FSDP needs the same forwards on every rank
-        indices = list(range(rank, len(prompts), world))
-        indices += [indices[0] if indices else 0] * (shard_size - len(indices))
+        indices, padding = strided_shard(len(prompts), rank, world)  # equal shards: FSDP needs the same forwards on every rank
+        indices += [indices[0] if indices else 0] * padding
         local = _capture_local(model, tokenizer, [prompts[i] for i in indices], positions, batch_size, system_prompt, adapters)
         return _gather_strided(local, len(prompts), world)
     return _capture_local(model, tokenizer, prompts, positions, batch_size, system_prompt, adapters)
 
 
 def _capture_local(model, tokenizer, prompts, positions, batch_size, system_prompt, adapters) -> dict[str, torch.Tensor]:
-    from ema_lightning.data.collate import format_prompt
-
-    texts = [format_prompt(tokenizer, p, system_prompt) for p in prompts]
     device = _model_device(model)
     forward_kwargs = {"output_hidden_states": True, "use_cache": False, "return_dict": True}
     if _accepts_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = 1  # skip the (T, vocab) logits we do not need
     out: dict[str, list[torch.Tensor]] = {p: [] for p in positions}
-    with _eval_mode(model), _adapters_enabled(model, adapters), _left_padding(tokenizer), inference_context(model):
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                texts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,  # as in training: the formatted text holds its special tokens
-            )
+    with _eval_mode(model), _adapters_enabled(model, adapters), inference_context(model):
+        # In prompt order (rows come back in order); left padded, so the last column is every prompt's last token.
+        for _, enc in prompt_batches(tokenizer, prompts, batch_size, system_prompt, by_length=False):
             input_ids = enc["input_ids"].to(device)
             attention_mask = enc["attention_mask"].to(device)
             # Positions count real tokens only, so a left-padded prompt is encoded as it is alone.
@@ -162,17 +155,3 @@ def _adapters_enabled(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
             yield
     else:
         yield
-
-
-@contextlib.contextmanager
-def _left_padding(tokenizer) -> Iterator[None]:
-    side, pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"  # the last column is then every prompt's last token
-    if pad is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = side
-        if pad is None:
-            tokenizer.pad_token = pad

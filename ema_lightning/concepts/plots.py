@@ -1,9 +1,10 @@
-"""Figures of concept vectors (PNG files or RGB arrays for TensorBoard) and the study-report section."""
+"""Figures of concept vectors: PNG files, or RGB arrays for TensorBoard.
+
+The study report's concept section (its Markdown) is `ema_lightning.report.concepts`."""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,8 +13,6 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ema_lightning.concepts import analysis
-from ema_lightning.concepts.vectors import ConceptVectors
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS, display_name
 
 # Figures are built on the Agg canvas directly (no pyplot): no global state, safe in callbacks and threads.
@@ -153,103 +152,3 @@ def plot_correlation_per_layer(per_layer: Sequence[dict], path: str | Path, earl
     ax.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-def _fmt(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else "n/a"
-
-
-def concept_report_section(
-    base: ConceptVectors,
-    after: ConceptVectors,
-    drop: Mapping[str, float],
-    target: str,
-    out_dir: str | Path,
-    layer_fraction: float = 1 / 3,
-    layers: Sequence[int] | None = None,
-    relative_to: str | Path | None = None,
-) -> str:
-    """Markdown section on concept vectors for one unlearning target; its PNGs are written to `out_dir`.
-
-    `drop`: refusal drop per domain (baseline rate - rate after unlearning). The similarity that is
-    correlated with the drop is each non-target domain's baseline cosine similarity to the target,
-    averaged over `layers` (default: `early_layers(L, layer_fraction)`). Image links are relative to
-    `relative_to` (default `out_dir`, i.e. the Markdown lives next to the images).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    relative_to = Path(relative_to) if relative_to is not None else out_dir
-    n_layers = base.vectors.shape[1]
-    early = range(0, 0) if layers is not None else analysis.early_layers(n_layers, layer_fraction)
-    selected = list(layers) if layers is not None else list(early)
-    bad = [layer for layer in selected if not 0 <= layer < n_layers]
-    if bad or not selected:
-        raise ValueError(f"concept_report_section: layers {bad or selected} outside 0..{n_layers - 1}")
-    name = display_name(target)
-    prefix = f"concepts_{target}"
-
-    def link(file: Path, alt: str) -> str:
-        return f"![{alt}]({Path(os.path.relpath(file, relative_to)).as_posix()})"
-
-    early_layer, late_layer = selected[len(selected) // 2], n_layers - 1
-    heatmaps = []
-    for label, vectors in (("baseline", base), ("after unlearning", after)):
-        cosines = analysis.cosine_matrix(vectors.vectors)
-        for layer in (early_layer, late_layer):
-            file = out_dir / f"{prefix}_cosine_{label.split()[0]}_layer{layer}.png"
-            plot_cosine_heatmap(cosines[layer], DOMAINS, f"{label}, step {vectors.step}, layer {layer}", file)
-            heatmaps.append(link(file, f"cosine {label} layer {layer}"))
-
-    drift_file = plot_drift({after.step: analysis.drift(after.vectors, base.vectors)}, out_dir / f"{prefix}_drift.png")
-    similarity = analysis.similarity_to_target(base.vectors, target)  # (D, L)
-    curves_file = plot_similarity_curves(similarity, DOMAINS, target, out_dir / f"{prefix}_similarity.png",
-                                         f"Baseline similarity to {name} per layer")
-    drops = analysis.drop_tensor(dict(drop), exclude=target)
-    early_similarity = similarity[:, selected].mean(dim=1)
-    early_similarity[DOMAINS.index(target)] = float("nan")
-    result = analysis.similarity_vs_drop(early_similarity, drops)
-    scatter_file = plot_similarity_vs_drop(early_similarity, drops, DOMAINS, out_dir / f"{prefix}_similarity_vs_drop.png",
-                                           f"Target {name}: similarity vs refusal drop")
-    masked = similarity.clone()
-    masked[DOMAINS.index(target)] = float("nan")
-    per_layer = analysis.correlation_per_layer(masked, drops)
-    per_layer_file = plot_correlation_per_layer(per_layer, out_dir / f"{prefix}_correlation_per_layer.png",
-                                                early if layers is None else None, f"Target {name}: correlation per layer")
-
-    layer_text = f"layers {selected[0]}-{selected[-1]}" if selected == list(range(selected[0], selected[-1] + 1)) else f"layers {selected}"
-    lines = [
-        f"### Concept vectors: unlearning {name}",
-        "",
-        f"Model `{base.model_name or 'unnamed'}`, {base.position} prompt token, {n_layers} layers (0 = embeddings); "
-        f"baseline step {base.step}, after unlearning step {after.step}. Early layers: {layer_text}.",
-        "",
-        f"Domain x domain cosine similarity at layer {early_layer} (early) and layer {late_layer} (late), "
-        "baseline (top) and after unlearning (bottom):",
-        "",
-        " ".join(heatmaps[:2]),
-        "",
-        " ".join(heatmaps[2:]),
-        "",
-        "Drift (cosine of each domain's vector after unlearning with its baseline vector) and baseline "
-        f"similarity to {name} per layer:",
-        "",
-        f"{link(drift_file, 'drift')} {link(curves_file, 'similarity to target')}",
-        "",
-        f"| Domain | Early-layer similarity to {name} | Refusal drop |",
-        "|---|---|---|",
-    ]
-    for i, domain in enumerate(DOMAINS):
-        if domain != target:
-            lines.append(f"| {DISPLAY_NAMES[domain]} | {_fmt(float(early_similarity[i]))} | {_fmt(float(drops[i]))} |")
-    lines += [
-        "",
-        "| Correlation | Coefficient | p-value | n |",
-        "|---|---|---|---|",
-        f"| Spearman | {_fmt(result['spearman'][0])} | {_fmt(result['spearman'][1])} | {result['n']} |",
-        f"| Pearson | {_fmt(result['pearson'][0])} | {_fmt(result['pearson'][1])} | {result['n']} |",
-        "",
-    ]
-    if "note" in result:
-        lines += [f"Note: {result['note']}.", ""]
-    lines += [f"{link(scatter_file, 'similarity vs drop')} {link(per_layer_file, 'correlation per layer')}", ""]
-    return "\n".join(lines)

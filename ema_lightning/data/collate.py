@@ -1,8 +1,11 @@
-"""Chat formatting, prompt masking and padding: records -> token ids -> right-padded (train) or left-padded (eval) batches."""
+"""Chat formatting, prompt masking and padding: records -> token ids -> right-padded (train) or left-padded (eval) batches.
+
+`prompt_batches` is the one prompt-batching path for work outside the DataLoaders (capture, generation).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -96,6 +99,52 @@ def _attention_mask(rows: Sequence[Sequence[int]], side: str) -> torch.Tensor:
     return (positions >= (width - lengths).unsqueeze(1)).long()
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of token rows padded on the left: every row's last token is in the last column."""
+    return _pad(rows, pad_id, "left"), _attention_mask(rows, "left")
+
+
+def bucket_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding stays small.
+
+    Every index appears exactly once; callers put results back with these indices.
+    """
+    if batch_size < 1:
+        raise ValueError(f"bucket_by_length: batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def prompt_batches(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    batch_size: int,
+    system_prompt: str | None = None,
+    by_length: bool = True,
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Left-padded batches of chat-formatted prompts (`format_prompt`, no special tokens added, no truncation).
+
+    Yields `(rows, {"input_ids", "attention_mask"})`, `rows` being the batch's positions in `prompts`.
+    With `by_length` the batches group prompts of similar token length, longest first
+    (`bucket_by_length`); without it they follow the order of `prompts`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"prompt_batches: batch_size must be >= 1, got {batch_size}")
+    texts = [format_prompt(tokenizer, p, system_prompt) for p in prompts]
+    if not texts:
+        return
+    # The chat template text already holds the special tokens (bos, role markers): add none again.
+    ids = [list(row) for row in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    if by_length:
+        batches = bucket_by_length([len(row) for row in ids], batch_size)
+    else:
+        batches = [list(range(start, min(start + batch_size, len(ids)))) for start in range(0, len(ids), batch_size)]
+    pad = pad_token_id(tokenizer)
+    for rows in batches:
+        input_ids, attention_mask = left_pad([ids[i] for i in rows], pad)
+        yield rows, {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
 class TrainCollator:
     """Right-padded TokenBatch from encoded examples (`input_ids`, `labels`, `index`, `domain_id`).
 
@@ -128,10 +177,10 @@ class EvalCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        ids = [e["input_ids"] for e in examples]
+        input_ids, attention_mask = left_pad([e["input_ids"] for e in examples], self.pad_token_id)
         return {
-            "input_ids": _pad(ids, self.pad_token_id, "left"),
-            "attention_mask": _attention_mask(ids, "left"),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "domain_ids": torch.tensor([e["domain_id"] for e in examples], dtype=torch.long),
             "harmful": torch.tensor([bool(e["harmful"]) for e in examples], dtype=torch.bool),
             "index": torch.tensor([e["index"] for e in examples], dtype=torch.long),

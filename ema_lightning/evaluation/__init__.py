@@ -1,25 +1,32 @@
-"""Evaluation: refusal judges, the seven-domain refusal metric, batched generation."""
+"""Evaluation: refusal judges, the per-domain metric, batched generation and the Evaluator that joins them.
 
-from ema_lightning.evaluation.generation import bucket_by_length, generate
-from ema_lightning.evaluation.judges import (
-    ClassifierRefusalJudge,
-    KeywordRefusalJudge,
-    LogitRefusalJudge,
-    RefusalJudge,
-    SubstringRefusalJudge,
-)
-from ema_lightning.evaluation.metrics import DomainRefusalRate, as_dict, ema_score, refusal_drop
+Names are imported on first use, so `import ema_lightning.evaluation.judges` does not load torchmetrics.
+"""
 
-__all__ = [
-    "ClassifierRefusalJudge",
-    "DomainRefusalRate",
-    "KeywordRefusalJudge",
-    "LogitRefusalJudge",
-    "RefusalJudge",
-    "SubstringRefusalJudge",
-    "as_dict",
-    "bucket_by_length",
-    "ema_score",
-    "generate",
-    "refusal_drop",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClassifierRefusalJudge": "judges",
+    "KeywordRefusalJudge": "judges",
+    "LogitRefusalJudge": "judges",
+    "RefusalJudge": "judges",
+    "SubstringRefusalJudge": "judges",
+    "DomainMean": "metrics",
+    "DomainRefusalRate": "metrics",
+    "as_dict": "metrics",
+    "ema_score": "metrics",
+    "refusal_drop": "metrics",
+    "generate": "generation",
+    "Evaluator": "evaluator",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"ema_lightning.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'ema_lightning.evaluation' has no attribute {name!r}")

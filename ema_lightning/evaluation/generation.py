@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -33,21 +33,6 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     return ids
 
 
-def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's real tokens to the right end (no-op when already left padded)."""
-    if bool(attention_mask[:, -1].all()):
-        return input_ids, attention_mask
-    lengths = attention_mask.long().sum(-1)
-    width = input_ids.shape[1]
-    new_ids = torch.full_like(input_ids, pad_token_id)
-    new_mask = torch.zeros_like(attention_mask)
-    for row, n in enumerate(lengths.tolist()):
-        tokens = input_ids[row][attention_mask[row].bool()]
-        new_ids[row, width - n:] = tokens
-        new_mask[row, width - n:] = 1
-    return new_ids, new_mask
-
-
 def generate(
     model,
     tokenizer,
@@ -59,7 +44,8 @@ def generate(
 ) -> list[str]:
     """Greedy responses (new tokens only, special tokens skipped), one string per row.
 
-    Rows are left padded first if they come right padded. Generation stops once every row has
+    Rows must be left padded (`data.collate.prompt_batches` and `EvalCollator` make such batches), so
+    that every row's last column is its last prompt token. Generation stops once every row has
     emitted a stop token (see `stop_token_ids`) or after `max_new_tokens`. `kwargs` go to
     `model.generate` (e.g. `min_new_tokens`). The model runs in eval mode under inference_mode (no_grad when FSDP2-sharded);
     its training mode is restored afterwards. Works for plain and peft-wrapped causal LMs.
@@ -69,9 +55,11 @@ def generate(
     """
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise ValueError(f"generate: input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be equal (B, T)")
+    if input_ids.shape[0] and not bool(attention_mask[:, -1].all()):
+        raise ValueError("generate: rows must be left padded (attention_mask[:, -1] all 1); "
+                         "build batches with ema_lightning.data.collate.prompt_batches or EvalCollator")
     eos = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    input_ids, attention_mask = to_left_padding(input_ids, attention_mask, pad)
     options = dict(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
         pad_token_id=pad, eos_token_id=eos or None, temperature=None, top_p=None, top_k=None,
@@ -109,14 +97,3 @@ def _first_logits_hook(model, sink: Optional[list[torch.Tensor]]):
         yield
     finally:
         handle.remove()
-
-
-def bucket_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), so padding stays small.
-
-    Every index appears exactly once; callers put results back with these indices.
-    """
-    if batch_size < 1:
-        raise ValueError(f"bucket_by_length: batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,4 +1,4 @@
-"""Refusal rate per domain (a torchmetrics Metric, summed across processes) and the EMA score."""
+"""Per-domain means (refusal rate, refusal score) as one torchmetrics Metric summed across processes, and the EMA score."""
 
 from __future__ import annotations
 
@@ -11,49 +11,13 @@ from torchmetrics import Metric
 from ema_lightning.domains import DOMAINS, canonical_domain, domain_index
 
 
-class DomainRefusalRate(Metric):
-    """Fraction of prompts refused, per domain: `refused[d] / total[d]`, nan where a domain saw no prompt.
+class DomainMean(Metric):
+    """Mean of a per-prompt value, per domain: `sum[d] / count[d]`, nan where a domain saw no prompt.
 
-    States `refused` and `total` have shape (len(DOMAINS),) and are summed across processes, so the
-    rate is exact under DDP (not a mean of per-process rates).
-    """
-
-    full_state_update = False
-    higher_is_better = None
-    is_differentiable = False
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.add_state("refused", default=torch.zeros(len(DOMAINS), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.zeros(len(DOMAINS), dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, refused: torch.Tensor, domain_ids: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """refused: (B,) bool; domain_ids: (B,) long in [0, len(DOMAINS)); valid: (B,) bool, False rows ignored."""
-        refused = torch.as_tensor(refused, device=self.total.device).reshape(-1).bool()
-        domain_ids = torch.as_tensor(domain_ids, device=self.total.device).reshape(-1).long()
-        if refused.shape != domain_ids.shape:
-            raise ValueError(f"DomainRefusalRate.update: refused {tuple(refused.shape)} and domain_ids {tuple(domain_ids.shape)} differ")
-        if valid is not None:
-            valid = torch.as_tensor(valid, device=self.total.device).reshape(-1).bool()
-            if valid.shape != domain_ids.shape:
-                raise ValueError(f"DomainRefusalRate.update: valid {tuple(valid.shape)} and domain_ids {tuple(domain_ids.shape)} differ")
-            refused, domain_ids = refused[valid], domain_ids[valid]
-        if domain_ids.numel() and (domain_ids.min() < 0 or domain_ids.max() >= len(DOMAINS)):
-            raise ValueError(f"DomainRefusalRate.update: domain_ids must lie in 0..{len(DOMAINS) - 1}, got {domain_ids.unique().tolist()}")
-        self.total += torch.bincount(domain_ids, minlength=len(DOMAINS))
-        self.refused += torch.bincount(domain_ids[refused], minlength=len(DOMAINS))
-
-    def compute(self) -> torch.Tensor:
-        total = self.total.float()
-        rates = self.refused.float() / total.clamp(min=1)
-        return torch.where(total > 0, rates, torch.full_like(rates, float("nan")))
-
-
-class DomainMeanScore(Metric):
-    """Mean of a per-prompt score (e.g. the refusal log-odds of `LogitRefusalJudge`), per domain.
-
-    States `sum` and `count` (len(DOMAINS),) are summed across processes; nan where a domain saw no prompt.
-    A continuous refusal score shows how far each domain moved when the refusal *rate* is 0 or 1 everywhere.
+    With refused flags as the values it is the refusal rate (a rate is the mean of a bool); with
+    refusal log-odds it is the mean refusal score. States `sum` (float64: counts of flags stay exact)
+    and `count`, shape (len(DOMAINS),), are summed across processes, so the result under DDP equals
+    one process's (not a mean of per-process means).
     """
 
     full_state_update = False
@@ -65,19 +29,35 @@ class DomainMeanScore(Metric):
         self.add_state("sum", default=torch.zeros(len(DOMAINS), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(len(DOMAINS), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, scores: torch.Tensor, domain_ids: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        """scores: (B,) float; domain_ids: (B,) long; valid: (B,) bool, False rows ignored."""
-        scores = torch.as_tensor(scores, device=self.sum.device).reshape(-1).double()
+    def update(self, values: torch.Tensor, domain_ids: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+        """values: (B,) bool or float; domain_ids: (B,) long in [0, len(DOMAINS)); valid: (B,) bool, False rows ignored."""
+        name = type(self).__name__
+        values = torch.as_tensor(values, device=self.sum.device).reshape(-1).double()
         domain_ids = torch.as_tensor(domain_ids, device=self.sum.device).reshape(-1).long()
+        if values.shape != domain_ids.shape:
+            raise ValueError(f"{name}.update: values {tuple(values.shape)} and domain_ids {tuple(domain_ids.shape)} differ")
         if valid is not None:
             valid = torch.as_tensor(valid, device=self.sum.device).reshape(-1).bool()
-            scores, domain_ids = scores[valid], domain_ids[valid]
-        self.sum.index_add_(0, domain_ids, scores)
+            if valid.shape != domain_ids.shape:
+                raise ValueError(f"{name}.update: valid {tuple(valid.shape)} and domain_ids {tuple(domain_ids.shape)} differ")
+            values, domain_ids = values[valid], domain_ids[valid]
+        if domain_ids.numel() and (domain_ids.min() < 0 or domain_ids.max() >= len(DOMAINS)):
+            raise ValueError(f"{name}.update: domain_ids must lie in 0..{len(DOMAINS) - 1}, got {domain_ids.unique().tolist()}")
+        self.sum.index_add_(0, domain_ids, values)
         self.count += torch.bincount(domain_ids, minlength=len(DOMAINS))
 
     def compute(self) -> torch.Tensor:
         means = (self.sum / self.count.clamp(min=1)).float()
         return torch.where(self.count > 0, means, torch.full_like(means, float("nan")))
+
+    def synced_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum, count) summed across processes (a collective call under DDP/FSDP: every rank calls it)."""
+        with self.sync_context(should_unsync=True):
+            return self.sum.detach().cpu().clone(), self.count.detach().cpu().clone()
+
+
+DomainRefusalRate = DomainMean
+"""The seven-domain refusal rate: `DomainMean` over refused flags."""
 
 
 def as_dict(rates: torch.Tensor | Sequence[float]) -> dict[str, float]:

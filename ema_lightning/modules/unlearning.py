@@ -69,6 +69,14 @@ class RefusalUnlearningModule(CausalLMModule):
         self._reference_cache = torch.empty(0)
 
     @property
+    def method(self) -> str:
+        return self.forget_objective
+
+    @property
+    def contained(self) -> bool:
+        return self.alpha > 0
+
+    @property
     def needs_reference(self) -> bool:
         return (self.forget_objective == "npo" and self.gamma > 0) or self.retain_kl > 0
 

@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from tiny_assets import tiny_qwen2_config
+
 from ema_lightning.backbone import (
     Backbone,
     LoraSettings,
@@ -142,8 +144,7 @@ def write_tiny_gguf(path, model, tokenizer) -> None:
 
 
 def test_a_gguf_file_loads_as_the_model_and_tokenizer_it_was_written_from(in_repo, tmp_path):
-    tiny = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": False}
+    tiny = tiny_qwen2_config(max_position_embeddings=256)
     tokenizer = load_tokenizer(Backbone(tiny=tiny, tokenizer="builtin"))
     source = load_model(Backbone(tiny={**tiny, "vocab_size": len(tokenizer)}, tokenizer="builtin")).eval()
     write_tiny_gguf(tmp_path / "tiny.gguf", source, tokenizer)

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from tiny_assets import tiny_qwen2_config, word_level_tokenizer
+
 from ema_lightning.backbone import (
     DEFAULT_LORA_TARGETS,
     Backbone,
@@ -15,16 +17,7 @@ from ema_lightning.backbone import (
     lora_target_modules,
 )
 
-TINY_QWEN2 = {
-    "model_type": "qwen2",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 128,
-    "max_position_embeddings": 64,
-}
+TINY_QWEN2 = tiny_qwen2_config(vocab_size=128, max_position_embeddings=64)
 TINY_MISTRAL = {**TINY_QWEN2, "model_type": "mistral", "head_dim": 8}
 
 QWEN25_7B = {
@@ -233,18 +226,11 @@ def test_unknown_architecture_falls_back_to_all_linear_but_head():
 
 
 def _save_tokenizer(directory, with_pad):
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "</s>": 1, "<pad>": 2, "hello": 3, "world": 4}
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = Whitespace()
-    extra = {"pad_token": "<pad>"} if with_pad else {}
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>", **extra).save_pretrained(
-        directory
-    )
+    """Vocabulary <unk>=0 </s>=1 <pad>=2 hello=3 world=4; <pad> is the padding token only `with_pad`."""
+    word_level_tokenizer(
+        ["hello", "world"], specials=("<unk>", "</s>", "<pad>"), eos_token="</s>",
+        pad_token="<pad>" if with_pad else None, padding_side="right",
+    ).save_pretrained(directory)
 
 
 def test_save_and_reload_through_name_or_path(tmp_path):

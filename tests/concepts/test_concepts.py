@@ -1,16 +1,15 @@
-"""Concept vectors: capture against a hand computation, one forward per batch, analysis, file round trip, report."""
+"""Concept vectors: capture against a hand computation, one forward per batch, analysis, file round trip."""
 
 import math
 import os
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from tiny_assets import WORD_CHAT_TEMPLATE, tiny_qwen2, word_level_tokenizer
 
 from ema_lightning.concepts import analysis
 from ema_lightning.concepts.capture import capture_activations
-from ema_lightning.concepts.plots import concept_report_section
 from ema_lightning.concepts.vectors import (
     ConceptVectors,
     concept_vectors,
@@ -24,35 +23,19 @@ from ema_lightning.data.records import Record
 from ema_lightning.domains import DOMAINS
 
 WORDS = "how do i hack a server make poison insult people write slurs tell me about my neighbour address a the weather is nice today cook pasta explain photosynthesis".split()
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|> assistant{% endif %}"
-)
+SPECIALS = ("[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    specials = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>"]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + WORDS + ["user", "assistant", "system"]))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="<|im_end|>")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def tiny_model(vocab_size: int, seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab_size,
-        max_position_embeddings=128,
+def tiny_tokenizer():
+    """Right padding (the tokenizer default), [PAD]/[UNK] specials and the word-level chat template."""
+    return word_level_tokenizer(
+        [*WORDS, "user", "assistant", "system"], specials=SPECIALS, unk_token="[UNK]", pad_token="[PAD]",
+        padding_side="right", chat_template=WORD_CHAT_TEMPLATE,
     )
-    return Qwen2ForCausalLM(config).eval()
+
+
+def tiny_model(vocab_size: int, seed: int = 0):
+    return tiny_qwen2(vocab_size, seed)
 
 
 HARMFUL = [
@@ -174,6 +157,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_ddp_shards_are_gathered_in_order(model, tokenizer, tmp_path):
     import torch.multiprocessing as mp
 
@@ -308,24 +293,6 @@ def test_save_load_round_trip(tmp_path):
         metadata = f.metadata()
     assert metadata["model"] == "tiny-qwen2" and metadata["step"] == "12" and metadata["layers"] == "[0, 1, 2, 3]"
     assert '"cybersecurity": 40' in metadata["counts"] and metadata["domains"].startswith('["cybersecurity"')
-
-
-def test_report_section_writes_its_figures(tmp_path):
-    acts, neutral = planted_activations(layers=7)
-    base = ConceptVectors(concept_vectors(acts, neutral), refusal_direction(acts["bias"], neutral), {d: 40 for d in DOMAINS})
-    shifted = {d: a + (0.5 * torch.randn_like(a) if d == "privacy" else 0) for d, a in acts.items()}
-    after = ConceptVectors(concept_vectors(shifted, neutral), base.refusal_direction, base.counts, step=50)
-    drop = {"cybersecurity": 0.1, "safety": 0.05, "toxicity": 0.0, "sensitive_content": 0.2, "medical_legal": 0.1, "privacy": 0.6}
-    report_dir = tmp_path / "report"
-    markdown = concept_report_section(base, after, drop, "bias", report_dir / "figures", relative_to=report_dir)
-    pngs = sorted(p.name for p in (report_dir / "figures").glob("*.png"))
-    assert len(pngs) == 8, pngs
-    for name in pngs:
-        assert f"(figures/{name})" in markdown
-        assert (report_dir / "figures" / name).stat().st_size > 1000
-    assert "| Spearman |" in markdown and "| Pearson |" in markdown and "Unlearning Bias" in markdown.title()
-    assert "| Privacy |" in markdown and "| Bias |" not in markdown  # the target is left out of the table
-    assert "Early layers: layers 1-2" in markdown
 
 
 def test_extract_writes_file_and_heatmaps(model, tokenizer, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from tiny import tiny_qwen2, word_level_tokenizer
+from tiny_assets import tiny_qwen2, word_level_tokenizer
 
 from ema_lightning import KeywordRefusalJudge as TopLevelKeywordJudge
 from ema_lightning.evaluation.judges import (

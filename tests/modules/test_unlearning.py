@@ -5,12 +5,13 @@ import copy
 import pytest
 import torch
 
+from tiny_assets import tiny_qwen2_config
+
 from ema_lightning.backbone import Backbone, LoraSettings
 from ema_lightning.modules import RefusalUnlearningModule
 from ema_lightning.objectives import cross_entropy_loss, sequence_log_probs
 
-TINY = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64, "max_position_embeddings": 64}
+TINY = tiny_qwen2_config(vocab_size=64, max_position_embeddings=64)
 RETAIN_BOUND = 0.15  # nats: how far the retain loss may rise under NPO + retain CE
 
 
@@ -116,11 +117,16 @@ def test_non_finite_loss_names_term_and_step(fitted_base):
     _, forget, retain = fitted_base
     module = RefusalUnlearningModule(Backbone(tiny=TINY, lora=LoraSettings(r=4)), alpha=1.0)
     module.configure_model()
-    bad = copy.deepcopy(module.model.state_dict())
     with torch.no_grad():
         for name, p in module.model.named_parameters():
             if "lora_A" in name:
                 p.fill_(float("nan"))
+    before = copy.deepcopy(module.model.state_dict())
+    assert any(torch.isnan(v).any() for v in before.values())  # the poison is in the state
     with pytest.raises(FloatingPointError, match=r"non-finite forget loss .* at step 0"):
         module.training_step({"forget": forget, "retain": retain}, 0)
-    assert bad  # the state before is untouched by the check
+    after = module.model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():  # the check only raises: no tensor changed (NaN equals NaN)
+        assert torch.equal(torch.isnan(after[key]), torch.isnan(value)), key
+        assert torch.equal(after[key].nan_to_num(), value.nan_to_num()), key

@@ -4,9 +4,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from tokenizers import Tokenizer, models, pre_tokenizers
 from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from tiny_assets import WORD_CHAT_TEMPLATE, tiny_qwen2, word_level_tokenizer
 
 from ema_lightning.concepts.callback import ConceptVectorCallback
 from ema_lightning.concepts.vectors import ConceptVectors
@@ -16,18 +16,11 @@ from ema_lightning.domains import DOMAINS
 WORDS = "how do i hack a server make poison insult people tell me my address the weather is nice cook pasta".split()
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    specials = ["[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>"]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + WORDS + ["user", "assistant"]))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(specials)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="<|im_end|>")
-    fast.chat_template = (
-        "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|> assistant{% endif %}"
+def tiny_tokenizer():
+    return word_level_tokenizer(
+        [*WORDS, "user", "assistant"], specials=("[PAD]", "[UNK]", "<|im_start|>", "<|im_end|>"), unk_token="[UNK]",
+        pad_token="[PAD]", padding_side="right", chat_template=WORD_CHAT_TEMPLATE,
     )
-    return fast
 
 
 class TinyModule(pl.LightningModule):
@@ -36,10 +29,7 @@ class TinyModule(pl.LightningModule):
     def __init__(self, target_domain: str | None = "cybersecurity"):
         super().__init__()
         self.tokenizer = tiny_tokenizer()
-        torch.manual_seed(0)
-        config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=len(self.tokenizer), max_position_embeddings=64)
-        self.model = Qwen2ForCausalLM(config)
+        self.model = tiny_qwen2(len(self.tokenizer), seed=0, max_position_embeddings=64).train()
         self.target_domain = target_domain
 
     def training_step(self, batch, batch_idx):

@@ -7,15 +7,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tiny import tiny_qwen2
+from tiny_assets import tiny_qwen2, tiny_qwen2_config
 
 from ema_lightning.backbone import Backbone, load_model, load_tokenizer
 from ema_lightning.baseline_cache import base_fingerprint, cache_key, is_fresh_adapter
 from ema_lightning.cli import main
 from ema_lightning.concepts.vectors import ConceptVectors
 
-TINY = {"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TINY = tiny_qwen2_config(max_position_embeddings=256)
 
 
 @pytest.fixture

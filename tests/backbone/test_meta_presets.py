@@ -16,7 +16,7 @@ import yaml
 
 from ema_lightning.backbone import Backbone, LoraSettings, build_meta_model, count_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Published config.json values of the two checkpoints.
 ARCHITECTURES = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 
 
@@ -138,7 +138,7 @@ def test_external_data_configs(path):
     source = RecordSource.from_file(ROOT / path)
     validate_source(source)
     resolved = resolve_source(source)
-    assert resolved.path
+    assert resolved.path == source.path and resolved.mapping_file is None  # the mapping file is merged in
     # every mapped category names one of the seven domains (or drops the row)
     from ema_lightning.domains import canonical_domain
 

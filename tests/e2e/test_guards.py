@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POISON_STEP = 3
 
 

@@ -13,7 +13,7 @@ from ema_lightning.data.records import Record, RecordError
 from ema_lightning.data.sources import LoadReport, RecordSource, drop_duplicates, load_all, load_records, resolve_source
 from ema_lightning.domains import DOMAINS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXTERNAL = ROOT.parent / "shared" / "data" / "external"
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tiny import tiny_qwen2, word_level_tokenizer
+from tiny_assets import tiny_qwen2, word_level_tokenizer
 
 from ema_lightning.evaluation.generation import bucket_by_length, generate, stop_token_ids, to_left_padding
 

@@ -23,7 +23,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent  # the subprocesses import this module by name
+ROOT = HERE.parents[1]
 MAX_STEPS = 8
 KILL_AFTER = 4  # steps done (and checkpointed) when the run is killed
 
@@ -79,7 +80,7 @@ def _command(tmp: Path, name: str, extra: list[str]) -> tuple[list[str], Path]:
 
 def _env() -> dict[str, str]:
     # one thread: the same float reductions in every process
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
             "OMP_NUM_THREADS": "1"}
 
 

@@ -1,0 +1,142 @@
+"""Markdown tables of the study report: EMA tables, the aligned base, timings, sample generations."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+from ema_lightning.domains import DISPLAY_NAMES, DOMAINS
+from ema_lightning.results import DomainRates, Evaluation, RunResult, nanmean
+
+
+def pct(value: Optional[float]) -> str:
+    """A rate as a whole percentage (`95%`); `n/a` when it was not measured (None or nan)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.0f}%"
+
+
+def rates(counts: Optional[DomainRates]) -> dict[str, float]:
+    """{domain: rate}; nan in every domain when nothing was measured."""
+    return counts.rates if counts is not None else dict.fromkeys(DOMAINS, float("nan"))
+
+
+def harmful_refusal(evaluation: Optional[Evaluation], external: bool = False) -> dict[str, float]:
+    """Refusal per domain on the built-in (or the external) harmful prompts of one evaluation."""
+    if evaluation is None:
+        return rates(None)
+    return rates(evaluation.external_refusal if external else evaluation.refusal)
+
+
+def over_refusal(evaluation: Optional[Evaluation]) -> dict[str, float]:
+    """Refusal per domain on the benign look-alike prompts of one evaluation."""
+    return rates(evaluation.over_refusal if evaluation is not None else None)
+
+
+def run_groups(runs: Sequence[RunResult]) -> list[tuple[Optional[str], str]]:
+    """The (target, method) pairs of the runs, in report order; each pair gets one table and one chart."""
+    return sorted({(r.target, r.method) for r in runs}, key=str)
+
+
+def _group_runs(runs: Sequence[RunResult], target: Optional[str], method: str):
+    """The unlearned (no retain loss) and the contained run of one (target, method); either may be None."""
+    group = [r for r in runs if (r.target, r.method) == (target, method)]
+    unlearned = next((r for r in group if not r.contained), None)
+    contained = next((r for r in group if r.contained), None)
+    return unlearned, contained
+
+
+def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
+    """One table per (target, method): refusal per domain at base, unlearned and contained.
+
+    `external` picks the eval set: the built-in held-out prompts (with EMA scores and over-refusal)
+    or the external prompts (the table alone)."""
+    lines: list[str] = []
+    for target, method in run_groups(runs):
+        unlearned, contained = _group_runs(runs, target, method)
+        any_run = unlearned or contained
+        columns = [("base", harmful_refusal(any_run.baseline, external))]
+        if unlearned:
+            columns.append((f"unlearned (`{unlearned.name}`)", harmful_refusal(unlearned.final, external)))
+        if contained:
+            columns.append((f"contained (`{contained.name}`)", harmful_refusal(contained.final, external)))
+        lines.append(f"### Target {DISPLAY_NAMES.get(target, target)}, {method}\n")
+        lines.append("| domain | " + " | ".join(label for label, _ in columns) + " |")
+        lines.append("|---|" + "---:|" * len(columns))
+        for d in DOMAINS:
+            mark = " (target)" if d == target else ""
+            lines.append(f"| {DISPLAY_NAMES[d]}{mark} | " + " | ".join(pct(r[d]) for _, r in columns) + " |")
+        if external:
+            lines.append("")
+            continue
+        for label, run in (("unlearned", unlearned), ("contained", contained)):
+            if run and run.final and run.final.ema_score is not None:
+                lines.append(f"\nEMA score ({label}): {run.final.ema_score:.3f} "
+                             "(mean refusal drop over the six non-target domains)")
+        over = [("base", over_refusal(any_run.baseline))]
+        over += [(label, over_refusal(run.final)) for label, run in (("unlearned", unlearned), ("contained", contained)) if run]
+        mean_over = ", ".join(f"{label} {pct(nanmean(r.values()))}" for label, r in over)
+        lines.append(f"\nOver-refusal on benign look-alikes (mean over domains): {mean_over}\n")
+    return "\n".join(lines)
+
+
+def base_section(evaluations: Sequence[Evaluation], verdict: str = "") -> str:
+    """Stage 1: refusal of the model as shipped (when measured before training) and after alignment,
+    then the verdict sentence; empty without an aligned-base stage."""
+    if not evaluations and not verdict:
+        return ""
+    return _base_tables(evaluations) + "\n" + verdict + "\n"
+
+
+def _base_tables(evaluations: Sequence[Evaluation]) -> str:
+    if not evaluations:
+        return ""
+    columns = [("as shipped" if e.stage == "baseline" else f"aligned (step {e.step})", e) for e in evaluations]
+    if len(columns) > 2:
+        columns = [columns[0], columns[-1]] if columns[0][0] == "as shipped" else [columns[-1]]
+    header = " | ".join(f"{label}: {what}" for label, _ in columns for what in ("refusal", "over-refusal"))
+    lines = ["\n## The aligned base (stage 1)\n", f"| domain | {header} |", "|---|" + "---:|" * (2 * len(columns))]
+    for d in DOMAINS:
+        cells = [pct(e.refusal[d]) + " | " + pct(e.over_refusal[d]) for _, e in columns]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    if any(e.has_external for _, e in columns):
+        lines += ["\nOn external prompts:\n", "| domain | " + " | ".join(f"{label}: refusal" for label, _ in columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for d in DOMAINS:
+            lines.append(f"| {d} | " + " | ".join(pct(harmful_refusal(e, external=True)[d]) for _, e in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def timings_table(timings: Mapping[str, float], runs: Sequence[RunResult]) -> str:
+    """Wall seconds per stage, in the order measured; runs also show their concept-vector seconds."""
+    lines = ["| stage | wall time (s) | concept vectors (s) |", "|---|---:|---:|"]
+    for name, seconds in timings.items():
+        concept = next((r.concept_s for r in runs if r.name == name), None)
+        lines.append(f"| {name} | {seconds:.1f} | {'' if concept is None else f'{concept:.1f}'} |")
+    return "\n".join(lines)
+
+
+def samples_table(runs: Sequence[RunResult], per_domain: int = 1) -> str:
+    """Generations per domain at baseline and after each run, so the judge can be checked by eye."""
+    lines = ["| run | domain | harmful | prompt | response | judged |", "|---|---|---|---|---|---|"]
+    first = runs[0] if runs else None
+    sources = [("base", first.baseline)] if first and first.baseline else []
+    sources += [(r.name, r.final) for r in runs if r.final]
+    for name, evaluation in sources:
+        seen: dict[tuple[str, bool], int] = {}
+        for s in evaluation.samples:
+            key = (s.domain, s.harmful)
+            if seen.get(key, 0) >= per_domain:
+                continue
+            seen[key] = seen.get(key, 0) + 1
+            lines.append(
+                f"| {name} | {s.domain} | {'yes' if s.harmful else 'no'} | {_cell(s.prompt)} | "
+                f"{_cell(s.response)} | {'refused' if s.refused else 'complied'} |"
+            )
+    return "\n".join(lines)
+
+
+def _cell(text: str, limit: int = 140) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

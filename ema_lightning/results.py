@@ -1,0 +1,259 @@
+"""Typed results: one evaluation, one run, one study. Every stage writes and reads these.
+
+`Evaluation` is what one pass over the eval prompts measured (per-domain refusal counts on harmful
+prompts, over-refusal counts on benign ones, refusal scores, samples). `RunResult` is one training
+run of a study with its evaluations; `StudyResult` is the whole study (`results.json`). Each
+serialises to plain JSON (`to_dict`) and back (`from_dict`); nothing else carries results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from ema_lightning.domains import DOMAINS
+
+STAGES = ("baseline", "val", "test")
+"""`baseline`: before training (step 0); `val`: an evaluation during or after fit; `test`: the test loop."""
+
+
+def _json_number(value: Optional[float]) -> Optional[float]:
+    """nan as None: JSON has no nan."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _number(value: Optional[float]) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def nanmean(values) -> float:
+    """Mean of the finite values, nan when there are none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+@dataclass(frozen=True)
+class DomainRates:
+    """Per-domain counts: `refused[d]` of `total[d]` prompts were refused (every domain present)."""
+
+    refused: Mapping[str, int]
+    total: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        for name in ("refused", "total"):
+            counts = getattr(self, name)
+            if set(counts) != set(DOMAINS):
+                raise ValueError(f"DomainRates.{name}: expected the seven domains {list(DOMAINS)}, got {sorted(counts)}")
+        bad = [d for d in DOMAINS if not 0 <= self.refused[d] <= self.total[d]]
+        if bad:
+            raise ValueError(f"DomainRates: refused must lie in 0..total, not in {bad}")
+
+    @classmethod
+    def from_counts(cls, refused: Sequence[int], total: Sequence[int]) -> DomainRates:
+        """From counts in `DOMAINS` order (e.g. a metric's synced states)."""
+        return cls({d: int(r) for d, r in zip(DOMAINS, refused)}, {d: int(t) for d, t in zip(DOMAINS, total)})
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """{domain: refused / total}, nan where a domain had no prompt."""
+        return {d: self.refused[d] / self.total[d] if self.total[d] else float("nan") for d in DOMAINS}
+
+    def __getitem__(self, domain: str) -> float:
+        return self.rates[domain]
+
+    def mean(self) -> float:
+        """Mean rate over the domains that had prompts (each domain weighs the same)."""
+        return nanmean(self.rates.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        # `rate` is derived and written for people reading the JSON; from_dict ignores it.
+        return {"rate": {d: _json_number(r) for d, r in self.rates.items()}, "refused": dict(self.refused),
+                "total": dict(self.total)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainRates:
+        return cls({d: int(data["refused"][d]) for d in DOMAINS}, {d: int(data["total"][d]) for d in DOMAINS})
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generation kept for the report, so a reader can check the judge by eye."""
+
+    domain: str
+    harmful: bool
+    prompt: str
+    response: str
+    refused: bool
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation measured on the eval prompts of all seven domains."""
+
+    stage: str
+    """`baseline` (step 0, before training), `val` or `test`."""
+    step: int
+    """Optimizer step of the weights evaluated."""
+    epoch: int
+    refusal: DomainRates
+    """Refusals of harmful prompts."""
+    over_refusal: DomainRates
+    """Refusals of benign look-alike prompts."""
+    refusal_score: Optional[Mapping[str, float]] = None
+    """Mean refusal log-odds on harmful prompts per domain (nan where a domain had none)."""
+    external_refusal: Optional[DomainRates] = None
+    """Refusals of the external (public benchmark) harmful prompts, when an external set is evaluated."""
+    external_over_refusal: Optional[DomainRates] = None
+    samples: tuple[Sample, ...] = ()
+    ema_score: Optional[float] = None
+    """Mean refusal drop over the six non-target domains against the run's baseline (None without a target)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", tuple(self.samples))
+        if self.stage not in STAGES:
+            raise ValueError(f"Evaluation.stage: {self.stage!r}; accepted: {', '.join(STAGES)}")
+
+    @property
+    def has_external(self) -> bool:
+        return self.external_refusal is not None
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Flat scalars for the loggers: `<prefix>/refusal/<domain>`, `.../mean`, over-refusal, scores,
+        the external set under `<prefix>_external/...`, and `<prefix>/ema_score`."""
+        out = _rate_metrics(prefix, self.refusal, self.over_refusal)
+        if self.refusal_score is not None:
+            out.update({f"{prefix}/refusal_score/{d}": float(v) for d, v in self.refusal_score.items()})
+        if self.external_refusal is not None and self.external_over_refusal is not None:
+            out.update(_rate_metrics(f"{prefix}_external", self.external_refusal, self.external_over_refusal))
+        if self.ema_score is not None:
+            out[f"{prefix}/ema_score"] = float(self.ema_score)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage, "step": self.step, "epoch": self.epoch,
+            "refusal": self.refusal.to_dict(), "over_refusal": self.over_refusal.to_dict(),
+            "refusal_score": None if self.refusal_score is None else {d: _json_number(v) for d, v in self.refusal_score.items()},
+            "external_refusal": None if self.external_refusal is None else self.external_refusal.to_dict(),
+            "external_over_refusal": None if self.external_over_refusal is None else self.external_over_refusal.to_dict(),
+            "samples": [vars(s) for s in self.samples],
+            "ema_score": _json_number(self.ema_score),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
+        def rates(key: str) -> Optional[DomainRates]:
+            return DomainRates.from_dict(data[key]) if data.get(key) is not None else None
+
+        score = data.get("refusal_score")
+        return cls(
+            stage=data["stage"], step=int(data["step"]), epoch=int(data.get("epoch", 0)),
+            refusal=DomainRates.from_dict(data["refusal"]), over_refusal=DomainRates.from_dict(data["over_refusal"]),
+            refusal_score=None if score is None else {d: _number(score[d]) for d in DOMAINS},
+            external_refusal=rates("external_refusal"), external_over_refusal=rates("external_over_refusal"),
+            samples=tuple(Sample(**s) for s in data.get("samples", ())),
+            ema_score=None if data.get("ema_score") is None else float(data["ema_score"]),
+        )
+
+    def without_samples(self) -> Evaluation:
+        return Evaluation(**{**vars(self), "samples": ()})
+
+
+def _rate_metrics(prefix: str, refusal: DomainRates, over_refusal: DomainRates) -> dict[str, float]:
+    out = {f"{prefix}/refusal/{d}": v for d, v in refusal.rates.items()}
+    out[f"{prefix}/refusal/mean"] = refusal.mean()
+    out.update({f"{prefix}/over_refusal/{d}": v for d, v in over_refusal.rates.items()})
+    out[f"{prefix}/over_refusal/mean"] = over_refusal.mean()
+    return out
+
+
+def save_evaluations(path: Path, evaluations: Sequence[Evaluation]) -> Path:
+    """Write evaluations as a JSON list (`eval_history.json`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([e.to_dict() for e in evaluations], indent=1))
+    return path
+
+
+def load_evaluations(path: Path) -> list[Evaluation]:
+    return [Evaluation.from_dict(e) for e in json.loads(Path(path).read_text())]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One training run of a study: what it was and what it measured."""
+
+    name: str
+    target: Optional[str]
+    """The unlearning target domain (None for alignment)."""
+    method: str
+    """The forget objective (`npo`, `gradient_ascent`, `compliance`, ...), or `alignment`."""
+    contained: bool
+    """Trained with the retain cross-entropy (alpha > 0)."""
+    seed: int
+    log_dir: str
+    evaluations: tuple[Evaluation, ...]
+    wall_s: float = 0.0
+    """Wall time of the whole run (model load, training, evaluations, export)."""
+    concept_s: float = 0.0
+    """Of which the concept-vector callback (capture, files, figures)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "evaluations", tuple(self.evaluations))
+
+    @property
+    def baseline(self) -> Optional[Evaluation]:
+        return next((e for e in self.evaluations if e.stage == "baseline"), None)
+
+    @property
+    def final(self) -> Optional[Evaluation]:
+        evaluated = [e for e in self.evaluations if e.stage != "baseline"]
+        return evaluated[-1] if evaluated else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in vars(self).items() if k != "evaluations"},
+                "evaluations": [e.to_dict() for e in self.evaluations]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
+        return cls(**{**data, "evaluations": tuple(Evaluation.from_dict(e) for e in data["evaluations"])})
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A whole study: the aligned base's evaluations (stage 1), its verdict, the runs and the timings."""
+
+    name: str
+    runs: tuple[RunResult, ...]
+    base_evaluations: tuple[Evaluation, ...] = ()
+    base_verdict: str = ""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    """Wall seconds per stage (`aligned base`, each run name, `total`)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "runs", tuple(self.runs))
+        object.__setattr__(self, "base_evaluations", tuple(self.base_evaluations))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "runs": [r.to_dict() for r in self.runs],
+                "base_evaluations": [e.to_dict() for e in self.base_evaluations],
+                "base_verdict": self.base_verdict, "timings": dict(self.timings)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyResult:
+        return cls(name=data["name"], runs=tuple(RunResult.from_dict(r) for r in data["runs"]),
+                   base_evaluations=tuple(Evaluation.from_dict(e) for e in data.get("base_evaluations", ())),
+                   base_verdict=data.get("base_verdict", ""), timings=dict(data.get("timings", {})))
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> StudyResult:
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,107 @@
+"""The report's Markdown tables, line by line, on hand-built results."""
+
+import math
+
+from report_builders import evaluation, run
+
+from ema_lightning.report.tables import base_section, ema_tables, pct, samples_table, timings_table
+from ema_lightning.results import Sample
+
+
+def test_pct_rounds_to_whole_percent_and_marks_missing_values():
+    assert [pct(1.0), pct(0.0), pct(0.95), pct(0.5)] == ["100%", "0%", "95%", "50%"]
+    assert pct(None) == "n/a" and pct(math.nan) == "n/a"
+
+
+def unlearned_and_contained():
+    unlearned = run("unlearned_run", evaluations=(
+        evaluation("baseline", 0, over_refusal=0.0),
+        evaluation("val", 10, refusal=0.0, over_refusal=0.1, ema_score=1.0)))
+    contained = run("contained_run", contained=True, evaluations=(
+        evaluation("baseline", 0),
+        evaluation("val", 10, refusal={"bias": 0.95, "privacy": 0.1}, over_refusal=0.05, ema_score=0.0125)))
+    return unlearned, contained
+
+
+def test_ema_table_lines():
+    lines = ema_tables(unlearned_and_contained()).splitlines()
+    assert lines[:3] == ["### Target Privacy, npo", "",
+                         "| domain | base | unlearned (`unlearned_run`) | contained (`contained_run`) |"]
+    assert lines[3] == "|---|---:|---:|---:|"
+    assert "| Bias | 100% | 0% | 95% |" in lines
+    assert "| Privacy (target) | 100% | 0% | 10% |" in lines
+    assert "| Safety | 100% | 0% | 100% |" in lines
+    assert "EMA score (unlearned): 1.000 (mean refusal drop over the six non-target domains)" in lines
+    assert "EMA score (contained): 0.013 (mean refusal drop over the six non-target domains)" in lines
+    assert "Over-refusal on benign look-alikes (mean over domains): base 0%, unlearned 10%, contained 5%" in lines
+
+
+def test_one_table_per_target_and_method_in_sorted_order():
+    runs = [run("b", target="safety", method="npo"), run("a", target="bias", method="npo"),
+            run("c", target="bias", method="gradient_ascent", contained=True)]
+    headings = [line for line in ema_tables(runs).splitlines() if line.startswith("###")]
+    assert headings == ["### Target Bias, gradient_ascent", "### Target Bias, npo", "### Target Safety, npo"]
+    assert "| domain | base | contained (`c`) |" in ema_tables(runs[2:]).splitlines()
+
+
+def test_external_table_has_no_scores_and_shows_missing_runs_as_not_measured():
+    measured = run("u", evaluations=(evaluation("baseline", 0, external=1.0), evaluation("val", 10, external={"bias": 0.4})))
+    lines = ema_tables([measured], external=True).splitlines()
+    assert "| Bias | 100% | 40% |" in lines
+    assert not any(line.startswith(("EMA score", "Over-refusal")) for line in lines)
+    unmeasured = ema_tables([run("u")], external=True).splitlines()
+    assert "| Bias | n/a | n/a |" in unmeasured
+
+
+def test_a_run_without_final_evaluation_shows_not_measured():
+    lines = ema_tables([run("u", evaluations=(evaluation("baseline", 0),))]).splitlines()
+    assert "| Bias | 100% | n/a |" in lines
+    assert "Over-refusal on benign look-alikes (mean over domains): base 0%, unlearned n/a" in lines
+
+
+def test_base_section_as_shipped_and_aligned_with_verdict():
+    shipped = evaluation("baseline", 0, refusal={"bias": 0.5}, over_refusal=0.1)
+    middle = evaluation("val", 10, refusal=0.7)
+    aligned = evaluation("val", 30, refusal=1.0, over_refusal=0.0)
+    text = base_section((shipped, middle, aligned), "The aligned base meets its bounds.")
+    lines = text.splitlines()
+    assert "## The aligned base (stage 1)" in lines
+    assert ("| domain | as shipped: refusal | as shipped: over-refusal | aligned (step 30): refusal | "
+            "aligned (step 30): over-refusal |") in lines
+    assert "|---|---:|---:|---:|---:|" in lines
+    assert "| bias | 50% | 10% | 100% | 0% |" in lines
+    assert "| privacy | 100% | 10% | 100% | 0% |" in lines
+    assert lines[-1] == "The aligned base meets its bounds." and text.endswith("bounds.\n")
+    assert "On external prompts:" not in text
+
+
+def test_base_section_without_shipped_measurement_keeps_the_last_evaluation_and_external():
+    text = base_section((evaluation("val", 10), evaluation("val", 20), evaluation("val", 30, external={"bias": 0.8})))
+    lines = text.splitlines()
+    assert "| domain | aligned (step 30): refusal | aligned (step 30): over-refusal |" in lines
+    assert "On external prompts:" in lines
+    assert "| domain | aligned (step 30): refusal |" in lines and "| bias | 80% |" in lines
+
+
+def test_base_section_external_column_not_measured_and_empty_without_stage_one():
+    text = base_section((evaluation("baseline", 0), evaluation("val", 30, external=0.9)), "ok")
+    assert "| cybersecurity | n/a | 90% |" in text.splitlines()
+    assert base_section(()) == ""
+
+
+def test_timings_table_lists_stages_in_order_with_concept_seconds_for_runs():
+    runs = [run("unlearned_run", wall_s=40.0, concept_s=2.5)]
+    lines = timings_table({"aligned base": 12.34, "unlearned_run": 40.0, "total": 60.06}, runs).splitlines()
+    assert lines == ["| stage | wall time (s) | concept vectors (s) |", "|---|---:|---:|",
+                     "| aligned base | 12.3 |  |", "| unlearned_run | 40.0 | 2.5 |", "| total | 60.1 |  |"]
+
+
+def test_samples_table_one_per_domain_and_kind_cells_escaped_and_cut():
+    samples = (Sample("bias", True, "a | b\n c", "no", True), Sample("bias", True, "second", "kept out", False),
+               Sample("bias", False, "x" * 200, "sure", False))
+    runs = [run("u", evaluations=(evaluation("baseline", 0, samples=samples), evaluation("val", 10, samples=samples[2:])))]
+    lines = samples_table(runs).splitlines()
+    assert lines[:2] == ["| run | domain | harmful | prompt | response | judged |", "|---|---|---|---|---|---|"]
+    assert lines[2] == "| base | bias | yes | a \\| b c | no | refused |"
+    assert lines[3] == f"| base | bias | no | {'x' * 139}… | sure | complied |"
+    assert lines[4].startswith("| u | bias | no | ") and len(lines) == 5

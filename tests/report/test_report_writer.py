@@ -1,0 +1,66 @@
+"""`write_report`: the whole report from a `StudyResult`, every figure it links written as a PNG."""
+
+import re
+
+import torch
+from report_builders import evaluation, run, study
+
+from ema_lightning.concepts.vectors import ConceptVectors
+from ema_lightning.domains import DOMAINS
+from ema_lightning.report import write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def save_concept_vectors(log_dir, steps=(0, 10)):
+    g = torch.Generator().manual_seed(0)
+    for k, step in enumerate(steps):
+        vectors = torch.randn(len(DOMAINS), 4, 16, generator=g) + k
+        ConceptVectors(vectors, torch.randn(4, 16, generator=g), dict.fromkeys(DOMAINS, 5), model_name="tiny",
+                       step=step).save(log_dir / "concept_vectors" / f"step={step}.safetensors")
+
+
+def linked_figures(markdown: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", markdown)
+
+
+def test_full_report_sections_in_order_and_every_figure_written(tmp_path):
+    save_concept_vectors(tmp_path / "logs" / "unlearned_run")
+    measured = (evaluation("baseline", 0, external=1.0), evaluation("val", 10, refusal=0.0, external=0.5, ema_score=1.0))
+    runs = (run("unlearned_run", evaluations=measured, log_dir=str(tmp_path / "logs" / "unlearned_run"), wall_s=40, concept_s=2),
+            run("contained_run", contained=True, evaluations=measured[:1] + (evaluation("val", 10, refusal={"privacy": 0.0}),)))
+    result = study(runs, (evaluation("baseline", 0, refusal=0.5), evaluation("val", 30)), "The aligned base meets its bounds.",
+                   {"aligned base": 5.0, "unlearned_run": 40.0, "contained_run": 41.0, "total": 90.0})
+    path = write_report(tmp_path / "out" / "report.md", result)
+    markdown = path.read_text()
+    lines = markdown.splitlines()
+    assert lines[0] == "# EMA study: demo"
+    headings = ["| stage | wall time (s) | concept vectors (s) |", "## The aligned base (stage 1)",
+                "The aligned base meets its bounds.", "## EMA table: refusal on held-out harmful prompts",
+                "## Refusal on external prompts (public benchmarks mapped to the seven domains)",
+                "## Refusal per domain", "## Refusal curves over training",
+                "## Concept vectors: target privacy (run `unlearned_run`)", "## Sample generations"]
+    positions = [lines.index(h) for h in headings]
+    assert positions == sorted(positions)
+    assert "| unlearned_run | 40.0 | 2.0 |" in lines and "| aligned base | 5.0 |  |" in lines
+    assert "| Bias | 100% | 0% | 100% |" in lines and "| Bias | 100% | 50% | n/a |" in lines
+
+    figures = linked_figures(markdown)
+    names = {f.removeprefix("figures/") for f in figures}
+    assert {"bars_privacy_npo.png", "curve_unlearned_run.png", "curve_contained_run.png",
+            "concepts_privacy_drift.png", "concepts_privacy_similarity_vs_drop.png"} <= names
+    assert len(figures) == len(names) == 3 + 8
+    for figure in figures:
+        assert (path.parent / figure).read_bytes()[:8] == PNG
+    assert names == {p.name for p in (path.parent / "figures").iterdir()}
+
+
+def test_report_without_aligned_base_or_external_prompts_leaves_those_sections_out(tmp_path):
+    markdown = write_report(tmp_path / "report.md", study((run("unlearned_run"),), timings={"total": 1.0})).read_text()
+    assert "## The aligned base (stage 1)" not in markdown
+    assert "## Refusal on external prompts" not in markdown
+    assert "## Concept vectors" not in markdown
+    assert "| Bias | 100% | 0% |" in markdown.splitlines()
+    for figure in linked_figures(markdown):
+        assert (tmp_path / figure).read_bytes()[:8] == PNG
+    assert len(linked_figures(markdown)) == 2
