@@ -1,8 +1,24 @@
 """ema_lightning: refusal unlearning, emergent misalignment (EMA), containment and concept vectors."""
 
-from ema_lightning.domains import DOMAINS, canonical_domain
-from ema_lightning.evaluation.judges import KeywordRefusalJudge
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Loaded on first use: `import ema_lightning.data.records` must not pull in torch through the judges.
+_LAZY = {
+    "DOMAINS": "ema_lightning.domains",
+    "canonical_domain": "ema_lightning.domains",
+    "KeywordRefusalJudge": "ema_lightning.evaluation.judges",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ema_lightning' has no attribute {name!r}")
+
 
 __all__ = ["DOMAINS", "KeywordRefusalJudge", "canonical_domain", "__version__"]

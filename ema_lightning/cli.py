@@ -48,7 +48,7 @@ class StepProgressBar(RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         trainer = self.trainer
         if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.max_epochs in (None, -1):
-            return f"Step {trainer.global_step}/{trainer.max_steps}"
+            return f"Epoch {current_epoch} · step {trainer.global_step}/{trainer.max_steps}"
         return super()._get_train_description(current_epoch)
 
 
@@ -93,10 +93,9 @@ def study_fit(request, run: bool):
     argv = [a for path in request.config for a in ("--config", path)] + list(request.args)
     argv += [f"--{key}={value}" for key, value in request.overrides]
     argv += [f"--trainer.logger.init_args.save_dir={request.output_dir}", f"--trainer.logger.init_args.name={request.name}"]
-    with _quiet():
-        cli = EMALightningCLI(args=["fit", *argv] if run else argv, run=run)  # without run: no subcommand
-        if not run:
-            cli.datamodule.load()
+    cli = EMALightningCLI(args=["fit", *argv] if run else argv, run=run)  # without run: no subcommand
+    if not run:
+        cli.datamodule.load()
     config = cli.config.get("fit", cli.config) if run else cli.config
     concept_s = sum(c.extract_seconds for c in cli.trainer.callbacks if isinstance(c, ConceptVectorCallback))
     return FitOutcome(
@@ -107,29 +106,36 @@ def study_fit(request, run: bool):
 
 
 class _DropTips(logging.Filter):
+    """Lightning's advertisements of its cloud products (litlogger, litmodels)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        return "💡 Tip" not in record.getMessage()
 
 
 @contextmanager
-def _quiet():
-    """Silence what tells a study's user nothing: LightningCLI's warning about `args` beside `sys.argv`
-    (the study passes each run's arguments on purpose) and Lightning's litlogger advertisement."""
+def _quiet(study: bool = False):
+    """Silence what tells a user nothing: LightningCLI's warning about `args` beside `sys.argv` (the
+    study passes each run's arguments on purpose) and Lightning's product tips; in a study, which
+    prints one line per stage itself, also Lightning's per-run notes ("Seed set", "GPU available")."""
     tips = _DropTips()
     names = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
              "lightning.fabric.utilities.rank_zero")
     loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addFilter(tips)
         for handler in logger.handlers:
             handler.addFilter(tips)
+        if study:
+            logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             yield
     finally:
-        for logger in loggers:
+        for logger, level in zip(loggers, levels):
             logger.removeFilter(tips)
+            logger.setLevel(level)
             for handler in logger.handlers:
                 handler.removeFilter(tips)
 
@@ -140,15 +146,16 @@ def main(args: Optional[list[str]] = None) -> Any:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return None
-    if argv[0] == "study":
-        from ema_lightning.study import study_main
+    with _quiet(study=argv[0] == "study"):
+        if argv[0] == "study":
+            from ema_lightning.study import study_main
 
-        return study_main(argv[1:], study_fit)
-    if argv[0] == "extract":
-        from ema_lightning.concepts.extract import extract_main
+            return study_main(argv[1:], study_fit)
+        if argv[0] == "extract":
+            from ema_lightning.concepts.extract import extract_main
 
-        return extract_main(argv[1:])
-    return EMALightningCLI(args=argv if args is not None else None)
+            return extract_main(argv[1:])
+        return EMALightningCLI(args=argv if args is not None else None)
 
 
 def run() -> int:

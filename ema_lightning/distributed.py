@@ -1,7 +1,7 @@
 """Distributed helpers: FSDP2 sharding of the decoder layers and full-state export.
 
 `shard_model` is called from `CausalLMModule.configure_model` when the strategy gives the module a
-device mesh (Lightning's ModelParallelStrategy); `full_state_dict` gathers sharded weights for export.
+device mesh (Lightning's ModelParallelStrategy); `full_state_dict` gathers sharded weights for `ema_lightning.export`.
 """
 
 from __future__ import annotations
@@ -27,19 +27,14 @@ def shard_model(model: torch.nn.Module, device_mesh) -> torch.nn.Module:
     return model
 
 
-def full_state_dict(model: torch.nn.Module, trainable_only: bool = False) -> Optional[dict[str, torch.Tensor]]:
+def full_state_dict(model: torch.nn.Module) -> Optional[dict[str, torch.Tensor]]:
     """The unsharded state dict on every rank when `model` is FSDP2-sharded; None otherwise."""
     from torch.distributed.tensor import DTensor
 
     state = model.state_dict()
     if not any(isinstance(v, DTensor) for v in state.values()):
         return None
-    names = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else None
-    return {
-        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
-        for k, v in state.items()
-        if names is None or k in names
-    }
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu() for k, v in state.items()}
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -49,8 +49,6 @@ ALIASES: dict[str, str] = {
 }
 """Accepted spellings besides the ids and display names (matched case-insensitively)."""
 
-NUM_DOMAINS = len(DOMAINS)
-
 
 class UnknownDomainError(ValueError):
     """A name that is none of the seven domains nor an accepted alias."""

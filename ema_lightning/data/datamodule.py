@@ -145,10 +145,16 @@ class RefusalDataModule(pl.LightningDataModule):
         self.external_eval_sources = _sources(external_eval, None, "external_eval")
         self.neutral_sources = _sources(neutral, "builtin:neutral", "neutral")
         self.forget_sources = _sources(forget, None, "forget") if forget is not None else None
-        self.selection = SetSelection(target_domain, retain_domains, retain_size, forget_size, eval_per_domain, seed)
+        self.selection = SetSelection(
+            target_domain=target_domain, retain_domains=retain_domains, retain_size=retain_size,
+            forget_size=forget_size, eval_per_domain=eval_per_domain, seed=seed,
+        )
         if self.selection.target_domain is None and self.forget_sources:
             raise ValueError("RefusalDataModule: field 'forget': a forget set needs a target_domain; set target_domain or drop forget")
-        self.encoding = Encoding(batch_size, eval_batch_size, max_length, max_prompt_length, system_prompt, forget_responses, num_workers)
+        self.encoding = Encoding(
+            batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length, max_prompt_length=max_prompt_length,
+            system_prompt=system_prompt, forget_responses=forget_responses, num_workers=num_workers,
+        )
         self._tokenizer: Any = None
         self._generate_responses: Callable[[list[str]], list[str]] | None = None
         self._train_samplers: dict[str, ResumableTrainSampler] = {}
@@ -229,7 +235,7 @@ class RefusalDataModule(pl.LightningDataModule):
             return select_forget([r for r in self.train_records if r.harmful], self.selection, "train sources (harmful, target domain)")
         loaded = load_all(self.forget_sources, "forget")
         in_domain = sum(r.domain == target for r in loaded)
-        if 0 < in_domain < len(loaded):
+        if in_domain < len(loaded):
             log.info("forget: kept %d of %d records (domain %s)", in_domain, len(loaded), target)
         return select_forget(loaded, self.selection, ", ".join(s.path for s in self.forget_sources))
 
@@ -282,8 +288,7 @@ class RefusalDataModule(pl.LightningDataModule):
     def self_responses_path(self) -> Path:
         """`<log_dir>/self_responses.jsonl` of the attached trainer (its default_root_dir without a logger)."""
         trainer = self.trainer
-        root = getattr(trainer, "log_dir", None) or trainer.default_root_dir
-        return Path(root) / SELF_RESPONSES_FILE
+        return Path(trainer.log_dir or trainer.default_root_dir) / SELF_RESPONSES_FILE
 
     def _with_generated_responses(self, records: list[Record]) -> list[Record]:
         if self._generate_responses is None:

@@ -9,9 +9,6 @@ from typing import Any
 
 from ema_lightning.domains import DOMAINS, UnknownDomainError, canonical_domain
 
-RECORD_FIELDS: tuple[str, ...] = ("prompt", "response", "domain", "harmful", "source_id")
-"""Record fields that a source may read from a column."""
-
 HARMFUL_TRUE = frozenset({"true", "yes", "harmful", "1"})
 HARMFUL_FALSE = frozenset({"false", "no", "benign", "0"})
 HARMFUL_ACCEPTED = "accepted: true/false, 1/0, 'true'/'false', 'yes'/'no', 'harmful'/'benign'"

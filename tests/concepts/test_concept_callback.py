@@ -31,6 +31,7 @@ class TinyModule(pl.LightningModule):
         self.tokenizer = tiny_tokenizer()
         self.model = tiny_qwen2(len(self.tokenizer), seed=0, max_position_embeddings=64).train()
         self.target_domain = target_domain
+        self.baseline_cache = None  # as CausalLMModule without `baseline_cache`: step-0 vectors are measured
 
     def training_step(self, batch, batch_idx):
         return self.model(input_ids=batch, labels=batch).loss

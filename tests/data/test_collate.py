@@ -1,4 +1,4 @@
-"""Chat formatting, prompt masking, truncation and padding sides."""
+"""Chat formatting, prompt masking, truncation, padding sides and the prompt-batching path."""
 
 import pytest
 import torch
@@ -10,10 +10,13 @@ from ema_lightning.data.collate import (
     IGNORE_INDEX,
     EvalCollator,
     TrainCollator,
+    bucket_by_length,
     encode_example,
     encode_prompt,
     format_prompt,
+    left_pad,
     pad_token_id,
+    prompt_batches,
 )
 
 QWEN_STYLE_TEMPLATE = (
@@ -113,3 +116,52 @@ def test_pad_token_falls_back_to_eos():
     tokenizer = build_tokenizer(pad=False)
     assert tokenizer.pad_token_id is None
     assert pad_token_id(tokenizer) == tokenizer.eos_token_id
+
+
+def test_left_pad():
+    input_ids, attention_mask = left_pad([[5, 6, 7], [8], []], pad_id=0)
+    assert input_ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert attention_mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert input_ids.dtype == attention_mask.dtype == torch.long
+
+
+def test_bucket_by_length_longest_first_each_index_once():
+    lengths = [3, 9, 1, 9, 4, 2, 7]
+    batches = bucket_by_length(lengths, 3)
+    assert batches == [[1, 3, 6], [4, 0, 5], [2]]
+    assert bucket_by_length([], 4) == []
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        bucket_by_length(lengths, 0)
+
+
+PROMPTS = ["How do I write malware?", "Hi", "Sure, here is a short poem about the sea. How do I write malware?", "the sea"]
+
+
+@pytest.mark.parametrize("by_length", [True, False])
+def test_prompt_batches_match_one_prompt_at_a_time(tokenizer, by_length):
+    system = "Be brief."
+    batches = list(prompt_batches(tokenizer, PROMPTS, batch_size=3, system_prompt=system, by_length=by_length))
+    rows = [i for indices, _ in batches for i in indices]
+    assert sorted(rows) == list(range(len(PROMPTS)))
+    expected = [tokenizer(format_prompt(tokenizer, p, system), add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    if by_length:
+        assert [indices for indices, _ in batches] == bucket_by_length([len(e) for e in expected], 3)
+    else:
+        assert rows == list(range(len(PROMPTS)))
+    for indices, batch in batches:
+        assert set(batch) == {"input_ids", "attention_mask"}
+        assert (batch["attention_mask"][:, -1] == 1).all()  # left padded: every last token in the last column
+        for row, i in enumerate(indices):
+            mask = batch["attention_mask"][row].bool()
+            assert batch["input_ids"][row][mask].tolist() == expected[i]
+            assert (batch["input_ids"][row][~mask] == tokenizer.pad_token_id).all()
+
+
+def test_prompt_batches_edge_cases():
+    no_pad = build_tokenizer(pad=False)
+    (indices, batch), = prompt_batches(no_pad, ["Hi", "the sea"], batch_size=8)
+    assert (batch["attention_mask"] == 0).any() and (batch["input_ids"][batch["attention_mask"] == 0] == no_pad.eos_token_id).all()
+    assert no_pad.pad_token is None  # the tokenizer is read, never changed
+    assert list(prompt_batches(no_pad, [], batch_size=2)) == []
+    with pytest.raises(ValueError, match="prompt_batches: batch_size must be >= 1"):
+        list(prompt_batches(no_pad, ["Hi"], batch_size=0))

@@ -10,12 +10,13 @@ import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from torch.utils.data import DistributedSampler
 from transformers import PreTrainedTokenizerFast
 
 from ema_lightning.data.collate import IGNORE_INDEX
-from ema_lightning.data.datamodule import ExampleDataset, RefusalDataModule, ShardedEvalSampler, stratified_sample
+from ema_lightning.data.datamodule import RefusalDataModule
 from ema_lightning.data.records import Record, RecordError
+from ema_lightning.data.samplers import ShardedEvalSampler
+from ema_lightning.data.selection import stratified_sample
 from ema_lightning.data.sources import RecordSource
 from ema_lightning.domains import DOMAINS, domain_index
 
@@ -215,18 +216,6 @@ def test_eval_loader_sorted_left_padded_and_subsets(data, tokenizer):
     assert len(dm.test_dataloader().dataset) == 35
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_sharded_eval_sampler_equal_shards_each_item_once(world_size):
-    dataset = ExampleDataset([{"input_ids": [i], "index": i, "domain_id": 0, "harmful": True, "prompt": str(i)} for i in range(7)])
-    shards = [list(ShardedEvalSampler(dataset, num_replicas=world_size, rank=r)) for r in range(world_size)]
-    assert isinstance(ShardedEvalSampler(dataset, world_size, 0), DistributedSampler)
-    assert len({len(s) for s in shards}) == 1 and all(len(ShardedEvalSampler(dataset, world_size, r)) == len(shards[0]) for r in range(world_size))
-    items = [dataset[i] for shard in shards for i in shard]
-    valid = [item["index"] for item in items if item.get("valid", True)]
-    assert sorted(valid) == list(range(7))
-    assert all(dataset[i].get("valid", True) == (i >= 0) for shard in shards for i in shard)
-
-
 def test_eval_loader_shards_across_ranks(data, tokenizer):
     seen, batch_counts = [], []
     for rank in range(3):
@@ -240,29 +229,37 @@ def test_eval_loader_shards_across_ranks(data, tokenizer):
     assert len(set(batch_counts)) == 1 and sorted(seen) == list(range(35))
 
 
-def test_tokenizer_from_trainer_module(data, tokenizer):
+def test_tokenizer_and_generation_only_through_connect(data, tokenizer):
     dm = make(data)
-    with pytest.raises(RuntimeError, match="no tokenizer"):
+    with pytest.raises(RuntimeError, match=r"no tokenizer: call connect\(tokenizer\)"):
         dm.tokenizer
+    # A tokenizer on the trainer's module is not looked up: connect() is the one way in.
     dm.trainer = types.SimpleNamespace(lightning_module=types.SimpleNamespace(tokenizer=tokenizer), distributed_sampler_kwargs=None)
-    assert dm.tokenizer is tokenizer
+    with pytest.raises(RuntimeError, match="no tokenizer"):
+        dm.load().train_dataloader()
+    assert dm.connect(tokenizer) is dm and dm.tokenizer is tokenizer
+    generating = make(data, tokenizer, target_domain="toxicity", forget_responses="generate").load()
+    generating.trainer = types.SimpleNamespace(log_dir=None, default_root_dir=str(data.dir), is_global_zero=True, distributed_sampler_kwargs=None)
+    with pytest.raises(RuntimeError, match=r"forget_responses is 'generate' but no generate_responses was connected: call connect\(tokenizer, generate_responses\)"):
+        generating.train_dataloader()
 
 
 def test_generated_forget_responses_are_cached(data, tokenizer, tmp_path):
-    calls = []
+    calls, barriers = [], []
 
     def generate_responses(prompts):
         calls.append(list(prompts))
         return [f"generated for {p}" for p in prompts]
 
     def attach(dm):
-        module = types.SimpleNamespace(tokenizer=tokenizer, generate_responses=generate_responses)
-        dm.trainer = types.SimpleNamespace(lightning_module=module, log_dir=str(tmp_path / "logs"), default_root_dir=str(tmp_path), is_global_zero=True, distributed_sampler_kwargs=None)
+        dm.connect(tokenizer, generate_responses)
+        strategy = types.SimpleNamespace(barrier=barriers.append)
+        dm.trainer = types.SimpleNamespace(log_dir=str(tmp_path / "logs"), default_root_dir=str(tmp_path), is_global_zero=True, distributed_sampler_kwargs=None, strategy=strategy)
         return dm
 
     dm = attach(make(data, target_domain="toxicity", forget_responses="generate", batch_size=4).load())
     loader = dm.train_dataloader()
-    assert len(calls) == 1 and len(calls[0]) == 4
+    assert len(calls) == 1 and len(calls[0]) == 4 and barriers == ["self_responses"]
     cache = tmp_path / "logs" / "self_responses.jsonl"
     rows = [json.loads(line) for line in cache.read_text().splitlines()]
     assert {r["prompt"] for r in rows} == {r.prompt for r in dm.forget_records}
@@ -270,7 +267,17 @@ def test_generated_forget_responses_are_cached(data, tokenizer, tmp_path):
     text = tokenizer.decode(labels[labels != IGNORE_INDEX])
     assert text.startswith("generated for harmful toxicity")
     attach(make(data, target_domain="toxicity", forget_responses="generate").load()).train_dataloader()
-    assert len(calls) == 1  # second run reused the cache
+    assert len(calls) == 1 and barriers == ["self_responses"]  # second run reused the cache
+
+
+def test_bad_self_response_cache_line_names_file_and_line(data, tokenizer, tmp_path):
+    cache = tmp_path / "self_responses.jsonl"
+    cache.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n', encoding="utf-8")
+    dm = make(data, tokenizer, target_domain="toxicity", forget_responses="generate").load()
+    dm.connect(tokenizer, lambda prompts: ["x"] * len(prompts))
+    dm.trainer = types.SimpleNamespace(log_dir=None, default_root_dir=str(tmp_path), is_global_zero=True, distributed_sampler_kwargs=None)
+    with pytest.raises(RecordError, match=r"self_responses.jsonl:3: field 'prompt/response': invalid cache line; delete the file to regenerate"):
+        dm.train_dataloader()
 
 
 class _TinyModule(pl.LightningModule):
@@ -295,8 +302,10 @@ class _TinyModule(pl.LightningModule):
 
 def test_lightning_trainer_runs_the_loaders(data, tokenizer, tmp_path):
     module = _TinyModule(tokenizer)
-    dm = make(data, target_domain="bias", batch_size=2, eval_batch_size=8)
+    dm = make(data, tokenizer, target_domain="bias", batch_size=2, eval_batch_size=8)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert module.seen["forget"] == 2 and module.seen["retain"] == 2 and module.seen["val"] == 35
+    # The data position a checkpoint saves: batches trained on, counted on the samplers the loaders use.
+    assert {name: loader.sampler.consumed for name, loader in trainer.train_dataloader.items()} == {"forget": 2, "retain": 2}

@@ -30,7 +30,7 @@ def base(in_repo, tmp_path) -> Path:
 
 def _fit(base: Path, cache: Path, out: Path, calls: dict, monkeypatch):
     import ema_lightning.concepts.callback as callback
-    import ema_lightning.modules.base as module
+    import ema_lightning.evaluation.evaluator as module
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -58,8 +58,8 @@ def test_second_run_reuses_the_baseline_evaluation_and_concept_vectors(base, tmp
     # run 1: baseline + final evaluation, vectors at steps 0 and 2; run 2 measures only the final ones
     assert first_calls["generate"] == 2 * second_calls["generate"] and second_calls["generate"] > 0
     assert first_calls["concepts"] == 2 and second_calls["concepts"] == 1
-    assert first.model.history[0] == second.model.history[0] and first.model.history[0]["stage"] == "baseline"
-    torch.testing.assert_close(second.model.baseline, first.model.baseline)
+    assert first.model.evaluations[0] == second.model.evaluations[0] and first.model.evaluations[0].stage == "baseline"
+    assert second.model.baseline == first.model.baseline
     vectors = [ConceptVectors.load(Path(cli.trainer.log_dir) / "concept_vectors" / "step=0.safetensors") for cli in (first, second)]
     torch.testing.assert_close(vectors[0].vectors, vectors[1].vectors)
 

@@ -25,6 +25,7 @@ def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow  # ~50 s on the shared 2-core CPU; test_checkpoint_holds_only_adapters_and_validates fits in the fast set
 def test_fit_tiny_cpu_logs_seven_domains_and_exports_a_loadable_adapter(in_repo, tmp_path):
     cli = main(["fit", "--config", "configs/tiny_cpu.yaml", *FAST, f"--trainer.logger.init_args.save_dir={tmp_path}"])
     log_dir = Path(cli.trainer.log_dir)

@@ -161,10 +161,11 @@ def test_study_configs(path, no_weights):
     if _needs_missing_external_data(path):
         pytest.skip("the study evaluates on ../shared/data/external, which is absent here")
 
+    from ema_lightning.cli import study_fit
     from ema_lightning.domains import DOMAINS
     from ema_lightning.study import check_study, parse_study
 
     study = parse_study(["--config", path])
-    facts = check_study(study)
+    facts = check_study(study, study_fit)
     assert len(facts) == len(study.runs)
-    assert all(f["target"] in DOMAINS for f in facts)
+    assert all(f.target in DOMAINS for f in facts)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ema_lightning.domains import DOMAINS
+from ema_lightning.cli import study_fit
 from ema_lightning.study import BaseStage, Study, StudyError, StudyRun, check_study, run_study
 
 RUN_ARGS = ["--trainer.max_steps=4", "--trainer.val_check_interval=2", "--data.eval_per_domain=3",
@@ -28,16 +29,16 @@ def _study(tmp: Path, runs=None, base_output=None) -> Study:
 def test_same_seed_same_table(in_repo, tmp_path):
     tables = []
     for k in range(2):
-        report = run_study(_study(tmp_path / f"s{k}"))
+        report = run_study(_study(tmp_path / f"s{k}"), study_fit)
         results = json.loads((report.parent / "results.json").read_text())
-        tables.append([(r["name"], [(h["step"], h["refusal"], h["over_refusal"]) for h in r["history"]])
+        tables.append([(r["name"], [(h["step"], h["refusal"], h["over_refusal"]) for h in r["evaluations"]])
                        for r in results["runs"]])
         text = report.read_text()
         assert "EMA table" in text and "Sample generations" in text and "Concept vectors: target cybersecurity" in text
         for png in ("bars_cybersecurity_npo.png", "curve_cyber_npo.png", "curve_cyber_npo_retain.png"):
             assert (report.parent / "figures" / png).is_file()
         for name, history in tables[-1]:
-            assert history[0][0] == 0 and set(history[0][1]) == set(DOMAINS)
+            assert history[0][0] == 0 and set(history[0][1]["rate"]) == set(DOMAINS)
         # both runs start from the aligned base on the same prompts: the baseline is measured once
         assert len(list((report.parent / "baseline_cache").glob("evaluation-*.json"))) == 1
         assert tables[-1][0][1][0] == tables[-1][1][1][0]
@@ -52,8 +53,7 @@ def test_aligned_base_is_cached_until_its_config_changes(in_repo, tmp_path, monk
     output.mkdir(parents=True)
     key = study_module._hash_stage(study.base, study.args)
     (output / "study_stage.json").write_text(json.dumps({"hash": key}))
-    monkeypatch.setattr(study_module, "_cli", lambda *a, **k: pytest.fail("stage 1 must not run when cached"))
-    assert study_module.build_base(study)[0] == output
+    assert study_module.build_base(study, lambda *a: pytest.fail("stage 1 must not run when cached"))[0] == output
     study.base.args = study.base.args + ["--trainer.max_steps=31"]
     assert study_module._hash_stage(study.base, study.args) != key
 
@@ -73,19 +73,19 @@ def test_study_config_errors_are_caught_before_training(in_repo, tmp_path, monke
 
     monkeypatch.setattr(base, "load_model", lambda *a, **k: pytest.fail("no model may load while checking"))
     with pytest.raises(StudyError, match=match):
-        check_study(_study(tmp_path, runs=[run]))
+        check_study(_study(tmp_path, runs=[run]), study_fit)
 
 
 def test_duplicate_run_names_are_refused(in_repo, tmp_path):
     run = StudyRun("same", [MODEL, "configs/unlearning/npo_safety.yaml"])
     with pytest.raises(StudyError, match="duplicate"):
-        check_study(_study(tmp_path, runs=[run, run]))
+        check_study(_study(tmp_path, runs=[run, run]), study_fit)
 
 
 def test_check_study_reads_target_method_and_containment(in_repo, tmp_path):
     facts = check_study(_study(tmp_path, runs=[
         StudyRun("a", [MODEL, "configs/unlearning/compliance_safety_retain.yaml"]),
         StudyRun("b", [MODEL, "configs/unlearning/npo_cybersecurity.yaml"]),
-    ]))
-    assert facts == [{"target": "safety", "method": "compliance", "contained": True},
-                     {"target": "cybersecurity", "method": "npo", "contained": False}]
+    ]), study_fit)
+    assert [(f.target, f.method, f.contained) for f in facts] == [("safety", "compliance", True),
+                                                                  ("cybersecurity", "npo", False)]

@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model
 
 from tiny_assets import tiny_qwen2, word_level_tokenizer
 
-from ema_lightning.evaluation.generation import bucket_by_length, generate, stop_token_ids, to_left_padding
+from ema_lightning.evaluation.generation import generate, stop_token_ids
 
 WORDS = "user assistant how do I make a cake bomb hello please tell me about the weather today sure here is step one two three no sorry".split()
 PROMPTS = [
@@ -81,13 +81,14 @@ def test_stop_token_ids_include_end_of_turn():
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ids
 
 
-def test_right_padding_is_moved_left(setup):
+def test_right_padded_rows_are_refused(setup):
+    """Generation reads every row's last column as its last prompt token: right padding is an error, not a guess."""
     tokenizer, model = setup
-    left, right = _batch(tokenizer, PROMPTS), _batch(tokenizer, PROMPTS, side="right")
-    ids, mask = to_left_padding(right["input_ids"], right["attention_mask"], tokenizer.pad_token_id)
-    assert torch.equal(ids, left["input_ids"]) and torch.equal(mask, left["attention_mask"])
-    assert generate(model, tokenizer, right["input_ids"], right["attention_mask"], max_new_tokens=4) == \
-        generate(model, tokenizer, left["input_ids"], left["attention_mask"], max_new_tokens=4)
+    right = _batch(tokenizer, PROMPTS, side="right")
+    assert not bool(right["attention_mask"][:, -1].all())  # the prompts differ in length
+    with pytest.raises(ValueError, match="left padded"):
+        generate(model, tokenizer, right["input_ids"], right["attention_mask"], max_new_tokens=4)
+    left = _batch(tokenizer, PROMPTS)
     with pytest.raises(ValueError, match="must be equal"):
         generate(model, tokenizer, left["input_ids"], left["attention_mask"][:, 1:])
 
@@ -102,16 +103,6 @@ def test_peft_model_and_training_mode_restored():
     out = generate(peft_model, tokenizer, batch["input_ids"], batch["attention_mask"], max_new_tokens=6, min_new_tokens=6)
     assert out == expected  # LoRA B starts at zero and dropout is off in eval mode
     assert peft_model.training
-
-
-def test_bucket_by_length():
-    lengths = [3, 9, 1, 9, 5, 2, 7]
-    batches = bucket_by_length(lengths, 3)
-    assert batches == [[1, 3, 6], [4, 0, 5], [2]]
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    assert bucket_by_length([], 4) == []
-    with pytest.raises(ValueError, match="batch_size"):
-        bucket_by_length(lengths, 0)
 
 
 def test_first_logits_are_the_logit_judges_forward(setup):

@@ -22,8 +22,8 @@ def test_refusal_rate_by_hand():
     assert rates.shape == (len(DOMAINS),) and rates.dtype == torch.float32
     torch.testing.assert_close(rates[[0, 3, 6]], torch.tensor([2 / 3, 1 / 2, 1.0]))
     assert torch.isnan(rates[[1, 2, 4, 5]]).all()
-    assert metric.total.tolist() == [3, 0, 0, 2, 0, 0, 1]
-    assert metric.refused.tolist() == [2, 0, 0, 1, 0, 0, 1]
+    assert metric.count.tolist() == [3, 0, 0, 2, 0, 0, 1]
+    assert metric.sum.tolist() == [2, 0, 0, 1, 0, 0, 1]
     metric.reset()
     assert torch.isnan(metric.compute()).all()
 
@@ -32,7 +32,7 @@ def test_valid_mask_and_errors():
     metric = DomainRefusalRate()
     metric.update(torch.tensor([True, True, False]), torch.tensor([1, 1, 1]), valid=torch.tensor([True, False, True]))
     assert metric.compute()[1].item() == 0.5
-    assert metric.total[1].item() == 2
+    assert metric.count[1].item() == 2
     with pytest.raises(ValueError, match="domain_ids must lie"):
         metric.update(torch.tensor([True]), torch.tensor([7]))
     with pytest.raises(ValueError, match="differ"):
@@ -76,7 +76,7 @@ def _worker(rank, world_size, port, out_dir):
         part = slice(rank * 20, (rank + 1) * 20)
         metric = DomainRefusalRate()
         metric.update(refused[part], domains[part], valid[part])
-        torch.save(metric.compute(), f"{out_dir}/rank{rank}.pt")
+        torch.save({"rates": metric.compute(), "counts": metric.synced_counts()}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -95,17 +95,21 @@ def test_two_process_sync_equals_single_process(tmp_path):
     single.update(refused, domains, valid)
     expected = single.compute()
     for rank in range(2):
-        torch.testing.assert_close(torch.load(tmp_path / f"rank{rank}.pt"), expected, equal_nan=True)
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(saved["rates"], expected, equal_nan=True)
+        # the counts an Evaluation is built from are the summed ones too (and exact)
+        assert torch.equal(saved["counts"][0], single.sum) and torch.equal(saved["counts"][1], single.count)
     assert torch.isnan(expected[-1])
     half = DomainRefusalRate()
     half.update(refused[:20], domains[:20], valid[:20])
     assert not torch.allclose(half.compute(), expected, equal_nan=True)  # so equality above needed the sync
 
 
-def test_domain_mean_score_matches_hand_computation():
-    from ema_lightning.evaluation.metrics import DomainMeanScore
+def test_domain_mean_of_scores_matches_hand_computation():
+    from ema_lightning.evaluation.metrics import DomainMean
 
-    metric = DomainMeanScore()
+    assert DomainMean is DomainRefusalRate  # a refusal rate is the mean of the refused flags
+    metric = DomainMean()
     metric.update(torch.tensor([1.0, 3.0, -2.0, 5.0]), torch.tensor([0, 0, 3, 3]), torch.tensor([True, True, True, False]))
     metric.update(torch.tensor([2.0]), torch.tensor([0]))
     means = metric.compute()
