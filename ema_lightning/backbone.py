@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,55 @@ def builtin_tokenizer_directory() -> str:
     return str(directory)
 
 
+class BackboneError(ValueError):
+    """A model or tokenizer source that cannot be loaded: one line naming the field and the path."""
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_source(value: str, field: str, gguf_file: str | None = None) -> None:
+    """A local `name_or_path` / `tokenizer` exists and holds what it must; a value that is no local
+    path and not shaped like a hub id (`owner/name`) is a missing local path."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        if HUB_ID.match(value) and not value.startswith("."):
+            return  # a hub id: transformers resolves it (load errors are reworded at load)
+        hint = (" (an aligned base is built by its study: run `ema-lightning study --config configs/study/tiny.yaml` "
+                "first)") if path.name == "aligned_base" else ""
+        raise BackboneError(f"Backbone.{field}: local path {value!r} does not exist{hint}; give an existing folder, "
+                            "or a hub id of the form owner/name where a hub is reachable")
+    if not path.is_dir():
+        if gguf_file is None and path.suffix != ".gguf":
+            raise BackboneError(f"Backbone.{field}: {value!r} is a file; give the folder that holds the model or tokenizer")
+        return
+    present = {f.name for f in path.iterdir()}
+    if field == "tokenizer" and not present & set(TOKENIZER_FILES) and not any(n.endswith(".gguf") for n in present):
+        raise BackboneError(f"Backbone.tokenizer: folder {value!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    if field == "name_or_path" and gguf_file is None and "config.json" not in present and "adapter_config.json" not in present:
+        raise BackboneError(f"Backbone.name_or_path: folder {value!r} holds no model (no config.json); "
+                            "give a folder written by save_pretrained, or gguf_file for a GGUF model")
+
+
+def _loading(field: str, value: str):
+    """Reword a transformers / hub loading error as one line naming the field and the source."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def context():
+        try:
+            yield
+        except (OSError, ValueError) as error:
+            if isinstance(error, BackboneError):
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            where = "" if Path(value).exists() else " (not a local folder; as a hub id it needs a reachable hub or the local hub cache)"
+            raise BackboneError(f"Backbone.{field}: cannot load {value!r}{where}: {first}") from error
+
+    return context()
+
+
 def resolve_sources(b: Backbone) -> Backbone:
     """``b`` with ``package:`` names and ``tokenizer: builtin`` replaced by folders and the GGUF file
     checked (idempotent)."""
@@ -217,6 +267,10 @@ def resolve_sources(b: Backbone) -> Backbone:
     name_or_path = package_directory(b.name_or_path, b.gguf_file) if b.name_or_path else b.name_or_path
     tokenizer = builtin_tokenizer_directory() if b.tokenizer == BUILTIN_TOKENIZER else b.tokenizer
     tokenizer = package_directory(tokenizer, None) if tokenizer else tokenizer
+    if name_or_path and b.tiny is None:
+        check_source(name_or_path, "name_or_path", b.gguf_file)
+    if tokenizer:
+        check_source(tokenizer, "tokenizer")
     if b.gguf_file is not None:
         _check_gguf(b, name_or_path)
     if name_or_path == b.name_or_path and tokenizer == b.tokenizer:
@@ -284,7 +338,8 @@ def load_tokenizer(b: Backbone):
     kwargs: dict[str, Any] = {"trust_remote_code": b.trust_remote_code}
     if b.gguf_file is not None and b.tokenizer is None:
         kwargs["gguf_file"] = b.gguf_file  # the GGUF carries the vocabulary and the chat template
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    with _loading("tokenizer" if b.tokenizer else "name_or_path", source):
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {source!r} has neither a pad token nor an eos token to pad with")
@@ -331,9 +386,10 @@ def load_model(b: Backbone) -> torch.nn.Module:
         b = resolve_sources(b)
         if b.gguf_file is not None:
             kwargs.update(_gguf_kwargs(b.gguf_file))
-        model = AutoModelForCausalLM.from_pretrained(
-            b.name_or_path, dtype=dtype, trust_remote_code=b.trust_remote_code, **kwargs
-        )
+        with _loading("name_or_path", b.name_or_path):
+            model = AutoModelForCausalLM.from_pretrained(
+                b.name_or_path, dtype=dtype, trust_remote_code=b.trust_remote_code, **kwargs
+            )
         if b.gguf_file is not None:
             _forget_gguf_quantizer(model)
     if b.gradient_checkpointing:
@@ -373,6 +429,7 @@ def build_meta_model(b: Backbone) -> torch.nn.Module:
 
 
 __all__ = [
+    "BackboneError",
     "DEFAULT_LORA_TARGETS",
     "DTYPES",
     "PACKAGE_PREFIX",

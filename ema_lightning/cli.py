@@ -77,11 +77,67 @@ class EMALightningCLI(LightningCLI):
             kwargs["callbacks"] = [*callbacks, StepProgressBar()]
         return super().instantiate_trainer(**kwargs)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path"):
+            check_resume_settings(self.config[subcommand]["ckpt_path"], self.config[subcommand]["model"])
+
     def _connect_data(self) -> None:
         # Records are read and validated here, before the trainer builds the model.
-        self.datamodule.connect(self.model.tokenizer, self.model.generate_responses).load()
+        data = self.datamodule.connect(self.model.tokenizer, self.model.generate_responses).load()
+        self.model.check_data(data.forget_records, data.retain_records, data.encoding.forget_responses)
 
-    before_fit = before_validate = before_test = _connect_data
+    def before_fit(self) -> None:
+        self._connect_data()
+        check_run_folder(self.trainer.log_dir, self.config["fit"].get("ckpt_path"))
+
+    before_validate = before_test = _connect_data
+
+
+def check_resume_settings(ckpt_path: str, model_config: Any) -> None:
+    """Refuse a `--ckpt_path` whose saved model settings differ from the command's: LightningCLI would
+    otherwise replace the command's settings with the checkpoint's, silently."""
+    from ema_lightning.checkpoints import load_checkpoint_file
+
+    saved = dict(load_checkpoint_file(ckpt_path).get("hyper_parameters") or {})
+    saved.pop("_instantiator", None)
+    saved_class = saved.pop("_class_path", None)
+    given = model_config.as_dict() if hasattr(model_config, "as_dict") else dict(model_config)
+    given_class, given_args = given.get("class_path"), given.get("init_args") or {}
+    differences = [f"{key}: checkpoint {value!r}, command {given_args.get(key)!r}"
+                   for key, value in sorted(saved.items()) if key in given_args and _plain(given_args[key]) != _plain(value)]
+    if saved_class and given_class and saved_class.rsplit(".", 1)[-1] != given_class.rsplit(".", 1)[-1]:
+        differences.insert(0, f"model class: checkpoint {saved_class}, command {given_class}")
+    if differences:
+        raise ValueError(f"{ckpt_path}: the checkpoint was trained with other model settings than this command gives "
+                         f"({'; '.join(differences)}); resume with the settings it was trained with (the run's "
+                         "config.yaml beside it) or start a new run without --ckpt_path")
+
+
+def _plain(value: Any) -> Any:
+    """Settings compared as plain JSON values (tuples as lists, 1 == 1.0)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_run_folder(log_dir: Optional[str], ckpt_path: Optional[str]) -> None:
+    """Refuse to write into a run folder that already holds a run, unless resuming from a checkpoint."""
+    from pathlib import Path
+
+    import os
+
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    if not log_dir or ckpt_path or rank != "0":  # other ranks start while rank 0 writes the folder
+        return
+    folder = Path(log_dir)
+    held = [name for name in ("config.yaml", "eval_history.json", "checkpoints", "export") if (folder / name).exists()]
+    if held:
+        raise ValueError(f"{folder}: this run folder already holds a run ({', '.join(held)}); choose another "
+                         "--trainer.logger.init_args.version (or leave it unset for a new one), or resume it with --ckpt_path")
 
 
 def study_fit(request, run: bool):
@@ -101,8 +157,18 @@ def study_fit(request, run: bool):
     return FitOutcome(
         target=cli.model.target_domain, method=cli.model.method, contained=cli.model.contained,
         seed=int(config.get("seed_everything") or 0), log_dir=str(cli.trainer.log_dir) if run else None,
-        evaluations=tuple(cli.model.evaluations), concept_s=concept_s,
+        evaluations=tuple(cli.model.evaluations), concept_s=concept_s, evaluates=evaluates(cli.trainer),
     )
+
+
+def evaluates(trainer) -> bool:
+    """Whether fitting with this trainer runs validation at least once during training."""
+    if trainer.limit_val_batches == 0:
+        return False
+    interval, every_epochs = trainer.val_check_interval, trainer.check_val_every_n_epoch
+    if every_epochs is None:  # step-based: an integer interval must fall within max_steps
+        return isinstance(interval, int) and (trainer.max_steps in (None, -1) or interval <= trainer.max_steps)
+    return trainer.max_epochs in (None, -1) or every_epochs <= trainer.max_epochs or trainer.max_steps not in (None, -1)
 
 
 class _DropTips(logging.Filter):
@@ -131,6 +197,9 @@ def _quiet(study: bool = False):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            if study:  # library deprecation notes and Lightning's note on a pretrained base's eval-mode modules
+                for message in (".*is_gradient_checkpointing", ".*LeafSpec", r"Found \d+ module\(s\) in eval mode"):
+                    warnings.filterwarnings("ignore", message=message)
             yield
     finally:
         for logger, level in zip(loggers, levels):
@@ -140,12 +209,38 @@ def _quiet(study: bool = False):
                 handler.removeFilter(tips)
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Show the package's own messages (records loaded and dropped, duplicates, truncation, reuse) on
+    stderr, once: the library itself only logs, the command line decides what is shown."""
+    logger = logging.getLogger("ema_lightning")
+    logger.setLevel(level)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("ema-lightning: %(message)s"))
+        logger.addHandler(handler)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the message (not the one at set-up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def main(args: Optional[list[str]] = None) -> Any:
     """Entry point of `ema-lightning` and `python -m ema_lightning`; callable from tests with a list."""
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return None
+    # A study prints one line per stage itself; its runs show only the package's warnings.
+    configure_logging(logging.WARNING if argv[0] == "study" else logging.INFO)
+    check_config_files(argv)
     with _quiet(study=argv[0] == "study"):
         if argv[0] == "study":
             from ema_lightning.study import study_main
@@ -156,6 +251,37 @@ def main(args: Optional[list[str]] = None) -> Any:
 
             return extract_main(argv[1:])
         return EMALightningCLI(args=argv if args is not None else None)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every `--config` file exists and is valid YAML, or one line names the file, line and column
+    (jsonargparse's own message names neither the file nor which `--config` it was)."""
+    import yaml
+
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            text = open(path, encoding="utf-8-sig").read()
+        except OSError as error:
+            raise ValueError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}{where}: YAML syntax error: {problem}") from None
+
+
+def headline(message: str) -> str:
+    """The line of an error that matters, first: jsonargparse wraps a class's own ValueError (e.g.
+    `beta must be > 0`) in a dump of every Union subtype and the whole given Namespace."""
+    lines = message.splitlines()
+    reasons = [line.strip()[2:] for line in lines if line.strip().startswith("- ") and not line.strip().startswith("- Expected a")]
+    if "Does not validate against any of the Union subtypes" in message and reasons:
+        return reasons[0]
+    return "\n".join(line for line in lines if not line.startswith("Given value"))
 
 
 def run() -> int:
@@ -172,7 +298,7 @@ def run() -> int:
     except expected as error:
         if os.environ.get("EMA_LIGHTNING_DEBUG"):
             raise
-        print(f"ema-lightning: error: {error}", file=sys.stderr)
+        print(f"ema-lightning: error: {headline(str(error))}", file=sys.stderr)
         return 2
     return 0
 

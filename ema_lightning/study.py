@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -102,6 +103,8 @@ class FitOutcome:
     log_dir: Optional[str] = None
     evaluations: tuple[Evaluation, ...] = ()
     concept_s: float = 0.0
+    evaluates: bool = True
+    """Whether the fit's trainer settings run any evaluation during training."""
 
 
 Fit = Callable[[FitRequest, bool], FitOutcome]
@@ -142,6 +145,11 @@ def check_study(study: Study, fit: Fit) -> list[FitOutcome]:
         except Exception as error:
             raise StudyError(f"run {name!r}: {error}") from error
         if name == "base":
+            if not outcome.evaluates:
+                raise StudyError("run 'base': stage 1 would never evaluate (trainer.limit_val_batches: 0, or no "
+                                 "val_check_interval / check_val_every_n_epoch within max_steps), so its alignment "
+                                 "cannot be checked; set trainer.val_check_interval to at most trainer.max_steps")
+            check_base_output(Path(study.base.output))
             continue
         if outcome.target is None:
             raise StudyError(f"run {name!r}: data.target_domain is not set; choose one of {', '.join(DOMAINS)}")
@@ -167,31 +175,58 @@ def _hash_stage(stage: BaseStage, extra: list[str]) -> str:
 
 def build_base(study: Study, fit: Fit) -> tuple[Path, list[Evaluation], str]:
     """Run stage 1 unless the cached aligned base matches its config; check the alignment bounds.
-    Returns the base's folder, its evaluations (without samples) and the verdict sentence."""
+    Returns the base's folder, its evaluations (without samples) and the verdict sentence.
+
+    The base is written into a fresh folder beside `base.output` and moved there only once it passed
+    the check (or, not strict, once the miss is recorded); `base.output` is replaced only when it
+    carries a study's stamp, never when it holds anything else."""
     stage = study.base
     output = Path(stage.output)
-    stamp = output / "study_stage.json"
     key = _hash_stage(stage, study.args)
-    if stamp.is_file() and json.loads(stamp.read_text()).get("hash") == key:
+    cached = _read_stamp(output)
+    if cached and cached.get("hash") == key and cached.get("evaluations"):
         log.info("aligned base is cached at %s (config hash %s)", output, key)
         print(f"[study] stage 1: aligned base cached at {output}")
-        evaluations = [Evaluation.from_dict(e) for e in json.loads(stamp.read_text()).get("evaluations", [])]
-        verdict = _check_alignment(stage, evaluations[-1]) if evaluations else ""
-        return output, evaluations, verdict
+        evaluations = [Evaluation.from_dict(e) for e in cached["evaluations"]]
+        return output, evaluations, _check_alignment(stage, evaluations[-1])
+    check_base_output(output)
     print(f"[study] stage 1: aligning the base model ({', '.join(stage.config)})")
     start = time.perf_counter()
     outcome = fit(_request(study, "aligned_base", stage.config, stage.args), True)
+    evaluations = [e.without_samples() for e in outcome.evaluations]
+    verdict = _check_alignment(stage, evaluations[-1] if evaluations else None)  # strict: raises, nothing stamped
     export = Path(outcome.log_dir) / "export"
     source = export / "model" if (export / "model").is_dir() else export / "adapter"
+    fresh = output.with_name(f"{output.name}.tmp-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    shutil.copytree(source, fresh)
+    (fresh / STAMP_FILE).write_text(json.dumps({"hash": key, "evaluations": [e.to_dict() for e in evaluations],
+                                                "verdict": verdict, "wall_s": time.perf_counter() - start}, indent=1))
     if output.exists():
+        check_base_output(output)  # still ours (or empty): replace it
         shutil.rmtree(output)
-    shutil.copytree(source, output)
-    evaluations = [e.without_samples() for e in outcome.evaluations]
-    stamp.write_text(json.dumps({"hash": key, "evaluations": [e.to_dict() for e in evaluations],
-                                 "wall_s": time.perf_counter() - start}, indent=1))
-    verdict = _check_alignment(stage, evaluations[-1] if evaluations else None)
+    fresh.rename(output)
     print(f"[study] stage 1: done in {time.perf_counter() - start:.0f} s; {verdict}")
     return output, evaluations, verdict
+
+
+STAMP_FILE = "study_stage.json"
+"""The file that marks a folder as an aligned base a study wrote (and may replace)."""
+
+
+def _read_stamp(output: Path) -> Optional[dict]:
+    try:
+        return json.loads((output / STAMP_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_base_output(output: Path) -> None:
+    """`base.output` must be absent, empty, or an aligned base a study wrote: anything else is the
+    user's and is never deleted."""
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / STAMP_FILE).is_file())):
+        raise StudyError(f"base.output {str(output)!r} exists and is not an aligned base written by a study (no "
+                         f"{STAMP_FILE} in it); it is left untouched: choose another folder for base.output")
 
 
 def _check_alignment(stage: BaseStage, final: Optional[Evaluation]) -> str:

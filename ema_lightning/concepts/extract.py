@@ -7,12 +7,14 @@ from pathlib import Path
 
 import torch
 
+from ema_lightning.backbone import Backbone
+from ema_lightning.checkpoints import CheckpointError, load_checkpoint_file
 from ema_lightning.concepts import analysis, plots
+from ema_lightning.concepts.capture import POSITIONS
 from ema_lightning.concepts.vectors import ConceptVectors, extract_concept_vectors
 from ema_lightning.data.records import Record
-from ema_lightning.domains import DOMAINS, canonical_domain
-from ema_lightning.backbone import Backbone
 from ema_lightning.data.sources import RecordSource
+from ema_lightning.domains import DOMAINS, UnknownDomainError, canonical_domain
 
 
 def extract(
@@ -53,6 +55,7 @@ def extract(
         adapters: False runs a peft model with its adapters disabled (the base model).
         max_prompts_per_domain: cap on harmful and on benign prompts per domain (neutral: 7 times it).
     """
+    target = check_arguments(output, position, batch_size, target, max_prompts_per_domain)
     records, neutral_records = list(records), list(neutral_records)
     if max_prompts_per_domain is not None:
         records, neutral_records = cap_prompts(records, neutral_records, max_prompts_per_domain)
@@ -69,10 +72,74 @@ def extract(
     for layer in range(cosines.shape[0]):
         plots.plot_cosine_heatmap(cosines[layer], DOMAINS, f"{model_name or 'model'}, layer {layer}", out / f"cosine_layer_{layer}.png")
     if target:
-        target = canonical_domain(target)
         similarity = analysis.similarity_to_target(vectors.vectors, target)
         plots.plot_similarity_curves(similarity, DOMAINS, target, out / f"similarity_to_{target}.png")
     return vectors
+
+
+def check_arguments(
+    output: str, position: str, batch_size: int, target: str | None, max_prompts_per_domain: int | None,
+    adapter: str | None = None,
+) -> str | None:
+    """Check the extraction arguments before any model loads or file is written; returns the target's domain id.
+
+    Raises:
+        ValueError: naming the argument and what it accepts (`UnknownDomainError` for the target).
+    """
+    if target:
+        try:
+            target = canonical_domain(target)
+        except UnknownDomainError as error:
+            raise UnknownDomainError(f"extract --target: {error}") from None
+    if position not in POSITIONS:
+        raise ValueError(f"extract --position: {position!r}; expected one of: {', '.join(POSITIONS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"extract --batch_size: {batch_size!r}; expected a positive integer (e.g. 32)")
+    if max_prompts_per_domain is not None and (
+            isinstance(max_prompts_per_domain, bool) or not isinstance(max_prompts_per_domain, int) or max_prompts_per_domain < 1):
+        raise ValueError(f"extract --max_prompts_per_domain: {max_prompts_per_domain!r}; expected a positive integer or null")
+    if not output:
+        raise ValueError("extract --output: empty; expected the folder to write the vectors and figures to")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"extract --output: {output} exists and is not a folder")
+    if adapter:
+        folder = Path(adapter)
+        if folder.exists():
+            if not (folder / "adapter_config.json").is_file():
+                raise ValueError(f"extract --adapter: {adapter} has no adapter_config.json: not a PEFT adapter folder "
+                                 "(e.g. <run>/export/adapter)")
+        elif folder.is_absolute() or adapter.startswith(".") or adapter.count("/") != 1:
+            raise ValueError(f"extract --adapter: {adapter}: no such folder (expected a PEFT adapter folder, e.g. "
+                             "<run>/export/adapter, or a hub id org/name)")
+    return target
+
+
+def checkpoint_weights(checkpoint: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The module weights (`model.` keys, prefix removed) and the step of a Lightning checkpoint of a run.
+
+    Raises:
+        CheckpointError: the file does not load with `weights_only=True` (see `load_checkpoint_file`),
+            or holds no `model.` weights (an extraction of the untrained base would be silently wrong).
+    """
+    state = load_checkpoint_file(checkpoint)
+    state_dict = state["state_dict"]
+    if not state_dict:
+        raise CheckpointError(checkpoint, "its 'state_dict' is empty: no trained weights to load")
+    weights = {k.removeprefix("model."): v for k, v in state_dict.items() if isinstance(k, str) and k.startswith("model.")}
+    if not weights:
+        example = next(iter(state_dict))
+        raise CheckpointError(checkpoint, f"its 'state_dict' has no 'model.' weights ({len(state_dict)} keys, e.g. "
+                                          f"{example!r}): not a checkpoint of an ema-lightning run")
+    bad = next((k for k, v in weights.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(checkpoint, f"'state_dict' entry 'model.{bad}' is a {type(weights[bad]).__name__}, not a tensor")
+    step = state.get("global_step", 0)
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(checkpoint, f"'global_step' is {step!r}, not a step number")
+    return weights, step
 
 
 def cap_prompts(records: Sequence[Record], neutral_records: Sequence[Record], k: int) -> tuple[list[Record], list[Record]]:
@@ -108,7 +175,8 @@ def extract_from_backbone(
         backbone: the base model (hub id, local dir, GGUF or tiny config) and its LoRA settings.
         output: directory for `step=N.safetensors` and the heatmaps.
         adapter: a PEFT adapter folder (e.g. `<run>/export/adapter`) loaded onto the base.
-        checkpoint: a Lightning checkpoint of a run (its trainable weights are loaded; step from it).
+        checkpoint: a Lightning checkpoint of a run (its trainable weights are loaded; step from it). Read
+            with `torch.load(weights_only=True)`: a file holding Python objects is refused, never run.
         records: evaluation prompts (default: the built-in eval split).
         neutral: domain-free harmless prompts (default: the built-in neutral split).
         position: "last" (post-instruction token) or "mean" over prompt tokens.
@@ -121,23 +189,27 @@ def extract_from_backbone(
     from ema_lightning.backbone import load_model, load_tokenizer
     from ema_lightning.data.sources import load_all
 
+    # Everything is checked before the model loads and before anything is written.
+    target = check_arguments(output, position, batch_size, target, max_prompts_per_domain, adapter)
+    weights, step = checkpoint_weights(checkpoint) if checkpoint else ({}, 0)
     eval_records = load_all(records or [RecordSource("builtin:eval")], what="eval")
     neutral_records = load_all(neutral or [RecordSource("builtin:neutral")], what="neutral")
     tokenizer = load_tokenizer(backbone)
     model = load_model(backbone)
-    step = 0
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
     if checkpoint:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        step = int(state.get("global_step", 0))
-        weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-        missing = set(weights) - set(model.state_dict())
+        own = model.state_dict()
+        missing = set(weights) - set(own)
         if missing:
-            raise ValueError(f"{checkpoint}: {len(missing)} weights do not fit the backbone (e.g. {sorted(missing)[0]}); "
-                             "give the backbone (and LoRA settings) the run was trained with")
+            raise CheckpointError(checkpoint, f"{len(missing)} weights do not fit the backbone (e.g. {sorted(missing)[0]}); "
+                                              "give the backbone (and LoRA settings) the run was trained with")
+        wrong = next((k for k, v in weights.items() if v.shape != own[k].shape), None)
+        if wrong is not None:
+            raise CheckpointError(checkpoint, f"weight {wrong!r} has shape {tuple(weights[wrong].shape)}, the backbone's "
+                                              f"{tuple(own[wrong].shape)}; give the backbone the run was trained with")
         model.load_state_dict(weights, strict=False)
     return extract(model, tokenizer, eval_records, neutral_records, output, position=position, batch_size=batch_size,
                    probe=probe, target=target, step=step, max_prompts_per_domain=max_prompts_per_domain,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -19,6 +21,13 @@ FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet", "datasets", "buil
 _SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 COLUMN_KEYS: tuple[str, ...] = ("prompt", "response", "domain", "harmful", "source_id", "category")
 DEFAULT_CATEGORY = "*"
+SOURCES_ACCEPTED = (
+    "accepted: a .jsonl, .json, .csv or .parquet file, a folder written by `datasets` save_to_disk, "
+    "a hub id like 'owner/name', or 'builtin:<split>'"
+)
+_SAVED_DATASET_FILES = (("dataset_info.json", "state.json"), ("dataset_dict.json",))
+"""A folder is a saved `datasets` Dataset when it holds both files of the first tuple, a DatasetDict with the second (what load_from_disk checks)."""
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 @dataclass
@@ -136,7 +145,7 @@ def _read_mapping_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
         raise RecordError(path, None, None, "mapping file not found", "give an existing YAML or JSON file")
-    text = file.read_text(encoding="utf-8")
+    text = _decode_utf8(path, file.read_bytes())
     try:
         if file.suffix.lower() == ".json":
             values = json.loads(text)
@@ -178,29 +187,49 @@ def resolve_source(source: RecordSource) -> RecordSource:
 # ---- raw rows: (line, dict) per format ------------------------------------------------------
 
 
-def _require_file(path: str) -> Path:
+def _require_file(path: str, kind: str) -> Path:
     file = Path(path)
     if not file.exists():
         raise RecordError(path, None, None, "file not found", f"give an existing path (working directory: {Path.cwd()})")
+    if file.is_dir() and kind != "parquet":  # a folder of Parquet parts is one table to pandas
+        hint = " (it is a saved `datasets` folder: set format: datasets)" if _is_saved_dataset(file) else ""
+        raise RecordError(path, None, None, f"is a folder, not a {kind} file{hint}", SOURCES_ACCEPTED)
     return file
 
 
+def _decode_utf8(path: str, data: bytes) -> str:
+    """UTF-8 text, with or without the byte-order mark that Excel's "CSV UTF-8" writes; else an error naming the line."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = len((data[: error.start] + b"_").splitlines())  # the lines before the bad byte, plus its own
+        converted = Path(path).with_name(f"{Path(path).stem}.utf8{Path(path).suffix}")
+        raise RecordError(
+            path, line, None, f"not UTF-8: byte 0x{data[error.start]:02x} cannot be decoded ({error.reason})",
+            f"the file must be UTF-8: re-save it as UTF-8 (Excel: 'CSV UTF-8'), or convert it, e.g. from Latin-1: iconv -f latin1 -t utf-8 {path} > {converted}",
+        ) from None
+
+
+def _read_text(path: str, kind: str) -> str:
+    return _decode_utf8(path, _require_file(path, kind).read_bytes())
+
+
 def _rows_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    with _require_file(path).open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise RecordError(path, number, "<json>", f"invalid JSON ({error.msg} at column {error.colno})", "accepted: one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise RecordError(path, number, "<json>", f"expected a JSON object, got {type(row).__name__}", "accepted: one JSON object per line")
-            yield number, row
+    # newline=None splits lines as a file opened in text mode does (\n, \r\n, \r), unlike str.splitlines.
+    for number, text in enumerate(io.StringIO(_read_text(path, "jsonl"), newline=None), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise RecordError(path, number, "<json>", f"invalid JSON ({error.msg} at column {error.colno})", "accepted: one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise RecordError(path, number, "<json>", f"expected a JSON object, got {type(row).__name__}", "accepted: one JSON object per line")
+        yield number, row
 
 
 def _rows_json(path: str) -> Iterator[tuple[int, dict]]:
-    text = _require_file(path).read_text(encoding="utf-8")
+    text = _read_text(path, "json")
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as error:
@@ -215,35 +244,91 @@ def _rows_json(path: str) -> Iterator[tuple[int, dict]]:
         yield index, row
 
 
+def _cell_counts(cells: int, header: list[str]) -> str:
+    return f"the row has {cells} cell{'s' if cells != 1 else ''} but the header has {len(header)} ({', '.join(header)})"
+
+
+class _ShortCsvRow(dict):
+    """A CSV row with fewer cells than the header: the columns without a cell are absent, so an optional one stays missing."""
+
+    def __init__(self, values: dict[str, str], header: list[str], cells: int) -> None:
+        super().__init__(values)
+        self.header = header
+        self.cells = cells
+
+    def no_cell_error(self, path: str, line: int, column: str) -> RecordError:
+        return RecordError(
+            path, line, column, f"no cell for this column: {_cell_counts(self.cells, self.header)}",
+            "give every row one cell per header column (an empty cell is nothing between two commas), and quote a field that holds a comma or a line break",
+        )
+
+
 def _rows_csv(path: str) -> Iterator[tuple[int, dict]]:
-    with _require_file(path).open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:  # reads the header
-            return
-        start = reader.line_num + 1
-        for row in reader:
-            # line_num counts physical lines, so a row whose quoted cell spans lines keeps its first line.
-            yield start, row
-            start = reader.line_num + 1
+    reader = csv.reader(io.StringIO(_read_text(path, "csv"), newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    start = reader.line_num + 1
+    for cells in reader:
+        # line_num counts physical lines, so a row whose quoted cell spans lines keeps its first line.
+        line, start = start, reader.line_num + 1
+        if not cells:  # a blank line, skipped as csv.DictReader does
+            continue
+        if any(cell.strip() for cell in cells[len(header):]):  # blank trailing cells ("a,b,c,") lose nothing
+            raise RecordError(
+                path, line, None, _cell_counts(len(cells), header),
+                'quote a field that holds a comma, e.g. "Tell me, step by step, ..." (a quote inside it is written "")',
+            )
+        row = dict(zip(header, cells))
+        yield line, (row if len(cells) >= len(header) else _ShortCsvRow(row, header, len(cells)))
 
 
 def _rows_parquet(path: str) -> Iterator[tuple[int, dict]]:
     import pandas as pd
 
-    frame = pd.read_parquet(_require_file(path))
+    frame = pd.read_parquet(_require_file(path, "parquet"))
     yield from enumerate(frame.to_dict("records"))
 
 
+def _is_saved_dataset(folder: Path) -> bool:
+    return any(all((folder / name).is_file() for name in names) for names in _SAVED_DATASET_FILES)
+
+
+def _check_datasets_path(source: RecordSource) -> bool:
+    """True for a saved `datasets` folder, False for a hub id; a RecordError for anything else."""
+    path = Path(source.path)
+    if path.is_dir():
+        if _is_saved_dataset(path):
+            return True
+        entries = sorted(entry.name for entry in path.iterdir())
+        held = f"it holds {', '.join(entries[:8])}{', ...' if len(entries) > 8 else ''}" if entries else "it is empty"
+        needed = " or ".join(" and ".join(names) for names in _SAVED_DATASET_FILES)
+        raise RecordError(source.path, None, None, f"folder is not a saved `datasets` dataset (no {needed}; {held})", SOURCES_ACCEPTED)
+    if path.exists():
+        if source.format == "datasets":
+            raise RecordError(source.path, None, "format", "is a file, but format: datasets needs a folder written by save_to_disk", SOURCES_ACCEPTED)
+        suffix = repr(path.suffix) if path.suffix else "(none)"
+        raise RecordError(
+            source.path, None, None, f"unknown file suffix {suffix}",
+            f"{SOURCES_ACCEPTED}; or set format: jsonl, json, csv or parquet to read this file as one",
+        )
+    if not _HUB_ID.fullmatch(source.path):
+        raise RecordError(source.path, None, None, "no such file or folder", f"give an existing path (working directory: {Path.cwd()}); {SOURCES_ACCEPTED}")
+    return False
+
+
 def _rows_datasets(source: RecordSource) -> Iterator[tuple[int, dict]]:
+    saved = _check_datasets_path(source)
     import datasets
 
-    if Path(source.path).exists():
+    if saved:
         data = datasets.load_from_disk(source.path)
     else:
         try:
             data = datasets.load_dataset(source.path, split=source.split or "train")
         except Exception as error:
-            raise RecordError(source.path, None, None, f"not a file and cannot be loaded as a datasets hub id: {error}", "a local file/dir or a reachable hub id") from None
+            problem = " ".join(f"no such file or folder, and loading it as a `datasets` hub id failed: {error}".split())
+            raise RecordError(source.path, None, None, problem, SOURCES_ACCEPTED) from None
     if isinstance(data, datasets.DatasetDict):
         split = source.split or ("train" if "train" in data else None)
         if split not in data:
@@ -306,6 +391,16 @@ def _builtin(source: RecordSource) -> list[Record]:
     return list(builtin_records(split, seed=source.seed))
 
 
+def _row_record(source: RecordSource, row: Mapping[str, Any], line: int, report: LoadReport) -> Record | None:
+    """The Record of one raw row, or None when its category maps to no domain (counted in `report`)."""
+    domain = source.domain
+    if domain is None:
+        decided, domain = _category_domain(source, row, line, report)
+        if decided and domain is None:
+            return None
+    return make_record(row, source.columns, path=source.path, line=line, domain=domain, harmful=source.harmful)
+
+
 def load_records(source: RecordSource | str, report: LoadReport | None = None) -> list[Record]:
     """Load and validate the records of one source; raise RecordError naming file, line and field."""
     if isinstance(source, str):
@@ -326,12 +421,15 @@ def load_records(source: RecordSource | str, report: LoadReport | None = None) -
         records = []
         for line, row in _raw_rows(source, kind):
             local.rows += 1
-            domain = source.domain
-            if domain is None:
-                decided, domain = _category_domain(source, row, line, local)
-                if decided and domain is None:
-                    continue
-            records.append(make_record(row, source.columns, path=source.path, line=line, domain=domain, harmful=source.harmful))
+            try:
+                record = _row_record(source, row, line, local)
+            except RecordError as error:
+                if isinstance(row, _ShortCsvRow) and error.field in row.header[row.cells :]:
+                    raise row.no_cell_error(source.path, line, error.field) from None
+                raise
+            if record is None:
+                continue
+            records.append(record)
             if source.limit is not None and len(records) >= source.limit:
                 break
     if source.limit is not None:
@@ -391,6 +489,7 @@ def load_all(sources: Iterable[RecordSource | str], what: str = "train", report:
 __all__ = [
     "DOMAINS_ACCEPTED",
     "FORMATS",
+    "SOURCES_ACCEPTED",
     "LoadReport",
     "RecordSource",
     "drop_duplicates",

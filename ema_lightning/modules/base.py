@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ema_lightning.backbone import Backbone, count_parameters, load_model, load_tokenizer
 from ema_lightning.baseline_cache import BaselineCache, loader_keys
+from ema_lightning.data.records import Record
 from ema_lightning.domains import canonical_domain
 from ema_lightning.evaluation.evaluator import Evaluator
 from ema_lightning.evaluation.judges import LogitRefusalJudge, RefusalJudge
@@ -129,6 +130,10 @@ class CausalLMModule(pl.LightningModule):
     def on_model_built(self) -> None:
         """Hook for subclasses (e.g. a frozen reference copy for full fine-tuning)."""
 
+    def check_data(self, forget: Sequence[Record], retain: Sequence[Record], forget_responses: str) -> None:
+        """Stop before training when the data cannot train what this module's settings ask for
+        (the CLI calls it once the records are loaded). Alignment trains on any retain set."""
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
@@ -179,8 +184,12 @@ class CausalLMModule(pl.LightningModule):
     def _record(self, evaluation: Evaluation, log_to_callbacks: bool) -> None:
         """Add the EMA score, keep the evaluation, log it and rewrite `eval_history.json`."""
         if self.baseline is not None and self.target_domain is not None:
-            evaluation = dataclasses.replace(evaluation, ema_score=ema_score(self.baseline, evaluation.refusal.rates,
-                                                                             self.target_domain))
+            score = ema_score(self.baseline, evaluation.refusal.rates, self.target_domain)
+            if math.isnan(score):
+                log.warning("EMA score undefined at step %d: no domain other than the target %s has harmful eval "
+                            "prompts (refusal before and now); evaluate on more than the target domain",
+                            evaluation.step, self.target_domain)
+            evaluation = dataclasses.replace(evaluation, ema_score=score)
         self.evaluations.append(evaluation)
         prefix = "test" if evaluation.stage == "test" else "val"
         metrics = {k: v for k, v in evaluation.metrics(prefix).items() if not math.isnan(v)}

@@ -10,11 +10,13 @@ example and cached.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 
 from ema_lightning.backbone import Backbone
+from ema_lightning.data.records import Record
+from ema_lightning.evaluation.judges import KeywordRefusalJudge
 from ema_lightning.modules.base import CausalLMModule
 from ema_lightning.objectives import (
     cross_entropy_loss,
@@ -67,6 +69,7 @@ class RefusalUnlearningModule(CausalLMModule):
         self.retain_kl = retain_kl
         self.reference_model: Optional[torch.nn.Module] = None
         self._reference_cache = torch.empty(0)
+        self._reference_checksum = torch.empty(0, dtype=torch.long)
 
     @property
     def method(self) -> str:
@@ -75,6 +78,28 @@ class RefusalUnlearningModule(CausalLMModule):
     @property
     def contained(self) -> bool:
         return self.alpha > 0
+
+    def check_data(self, forget: Sequence[Record], retain: Sequence[Record], forget_responses: str) -> None:
+        """A weight whose data is absent, or compliance fine-tuning on refusals, is an error, not a silent run."""
+        if (self.alpha > 0 or self.retain_kl > 0) and not retain:
+            raise ValueError(
+                f"model.init_args.alpha={self.alpha} / retain_kl={self.retain_kl} ask for containment, but the retain "
+                "set is empty (data.retain_size: 0, or no train records outside the target domain); give retain data "
+                "(data.retain_size > 0) or set alpha and retain_kl to 0")
+        if self.gamma > 0 and not forget:
+            raise ValueError(f"model.init_args.gamma={self.gamma} weighs the forget term, but the forget set is empty; "
+                             "set data.target_domain and give forget data, or set gamma to 0")
+        if self.forget_objective == "compliance" and self.gamma > 0:
+            if forget_responses == "generate":
+                raise ValueError("forget_objective 'compliance' trains on compliant responses, but data.forget_responses "
+                                 "is 'generate' (the model's own responses, i.e. its refusals); give compliant responses "
+                                 "in data.forget (for the built-in data: `- path: builtin:compliance`)")
+            refused = KeywordRefusalJudge()([r.response or "" for r in forget])
+            if sum(refused) > len(refused) / 2:
+                raise ValueError(
+                    f"forget_objective 'compliance' trains cross-entropy on compliant responses, but {sum(refused)} of "
+                    f"{len(refused)} forget responses are refusals (KeywordRefusalJudge): it would strengthen refusal. "
+                    "Give compliant responses in data.forget (for the built-in data: `- path: builtin:compliance`)")
 
     @property
     def needs_reference(self) -> bool:
@@ -90,11 +115,15 @@ class RefusalUnlearningModule(CausalLMModule):
         # Part of the run's state: recomputed after a resume in other batch shapes, the reference
         # log-probs would differ in the last bits and a resumed run would not match an uninterrupted one.
         checkpoint["ema_reference_cache"] = self._reference_cache.clone()
+        checkpoint["ema_reference_checksum"] = self._reference_checksum.clone()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         if "ema_reference_cache" in checkpoint:
             self._reference_cache = checkpoint["ema_reference_cache"].clone()
+            # a checkpoint without checksums (older) leaves them 0: not checked
+            self._reference_checksum = checkpoint.get(
+                "ema_reference_checksum", torch.zeros(self._reference_cache.numel(), dtype=torch.long)).clone()
 
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of the reference policy: adapters disabled (LoRA) or the frozen copy."""
@@ -105,19 +134,33 @@ class RefusalUnlearningModule(CausalLMModule):
                 return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def reference_log_probs(self, forget: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Reference log-probs of the forget responses, computed once per example and cached by index."""
+        """Reference log-probs of the forget responses, computed once per example and cached by index.
+
+        Each cached value keeps a checksum of its example's tokens: a cache restored from a checkpoint
+        of another forget set (another target domain, other data) is refused, not silently reused."""
         index = forget["index"].long().cpu()
         needed = int(index.max()) + 1
         if self._reference_cache.numel() < needed:
-            grown = torch.full((max(needed, 2 * self._reference_cache.numel()),), float("nan"))
-            grown[: self._reference_cache.numel()] = self._reference_cache
-            self._reference_cache = grown
+            size = max(needed, 2 * self._reference_cache.numel())
+            cache, checksum = torch.full((size,), float("nan")), torch.zeros(size, dtype=torch.long)
+            cache[: self._reference_cache.numel()] = self._reference_cache
+            checksum[: self._reference_checksum.numel()] = self._reference_checksum
+            self._reference_cache, self._reference_checksum = cache, checksum
+        sums = example_checksums(forget["input_ids"], forget["labels"], forget["attention_mask"]).cpu()
         missing = torch.isnan(self._reference_cache[index])
+        known = self._reference_checksum[index]
+        stale = ~missing & (known != 0) & (known != sums)
+        if stale.any():
+            raise ValueError(
+                f"the NPO reference log-probs restored from the checkpoint belong to another forget set (forget example "
+                f"{int(index[stale][0])} differs): resume with the data settings the checkpoint was trained with, or "
+                "start a new run without --ckpt_path")
         if missing.any():
             rows = missing.nonzero().squeeze(1).to(forget["input_ids"].device)
             logits = self.reference_logits(forget["input_ids"][rows], forget["attention_mask"][rows])
             values = sequence_log_probs(logits, forget["labels"][rows]).float().cpu()
             self._reference_cache[index[missing]] = values
+            self._reference_checksum[index[missing]] = sums[missing]
         return self._reference_cache[index].to(self.device)
 
     def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
@@ -147,6 +190,13 @@ class RefusalUnlearningModule(CausalLMModule):
         self.log_dict({f"train/{name}": value.detach() for name, value in terms.items()})
         self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
+
+
+def example_checksums(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 checksum of each example's real tokens and labels, independent of the batch's padding width."""
+    positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+    mixed = (input_ids.long() * 1_000_003 + labels.long() + 101) * positions * attention_mask.long()
+    return mixed.sum(-1) + 1  # never 0: 0 marks "no checksum" in the cache
 
 
 def check_finite(terms: dict[str, torch.Tensor], step: int) -> None:

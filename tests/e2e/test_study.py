@@ -45,15 +45,20 @@ def test_same_seed_same_table(in_repo, tmp_path):
     assert tables[0] == tables[1]
 
 
-def test_aligned_base_is_cached_until_its_config_changes(in_repo, tmp_path, monkeypatch):
+def test_aligned_base_is_cached_until_its_config_changes(in_repo, tmp_path):
     import ema_lightning.study as study_module
+    from ema_lightning.results import DomainRates, Evaluation
 
     study = _study(tmp_path)
     output = Path(study.base.output)
     output.mkdir(parents=True)
     key = study_module._hash_stage(study.base, study.args)
-    (output / "study_stage.json").write_text(json.dumps({"hash": key}))
-    assert study_module.build_base(study, lambda *a: pytest.fail("stage 1 must not run when cached"))[0] == output
+    full = DomainRates({d: 20 for d in DOMAINS}, {d: 20 for d in DOMAINS})
+    none = DomainRates({d: 0 for d in DOMAINS}, {d: 20 for d in DOMAINS})
+    evaluation = Evaluation("val", 30, 0, full, none)
+    (output / "study_stage.json").write_text(json.dumps({"hash": key, "evaluations": [evaluation.to_dict()]}))
+    base_dir, evaluations, verdict = study_module.build_base(study, lambda *a: pytest.fail("stage 1 must not run when cached"))
+    assert base_dir == output and evaluations == [evaluation] and "meets its bounds" in verdict
     study.base.args = study.base.args + ["--trainer.max_steps=31"]
     assert study_module._hash_stage(study.base, study.args) != key
 
