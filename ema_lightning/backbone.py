@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,30 +218,31 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
-def check_source(value: str, field: str, gguf_file: str | None = None) -> None:
-    """A local `name_or_path` / `tokenizer` exists and holds what it must; a value that is no local
-    path and not shaped like a hub id (`owner/name`) is a missing local path."""
+def check_source(value: str, setting: str, gguf_file: str | None = None, needs: str | None = None) -> None:
+    """A local `name_or_path` / `tokenizer` exists and, as a folder, holds what it `needs` ("model" or
+    "tokenizer"); a value that is no local path and not shaped like a hub id (`owner/name`) is a
+    missing local path."""
     path = Path(value).expanduser()
     if not path.exists():
         if HUB_ID.match(value) and not value.startswith("."):
             return  # a hub id: transformers resolves it (load errors are reworded at load)
         hint = (" (an aligned base is built by its study: run `ema-lightning study --config configs/study/tiny.yaml` "
                 "first)") if path.name == "aligned_base" else ""
-        raise BackboneError(f"Backbone.{field}: local path {value!r} does not exist{hint}; give an existing folder, "
+        raise BackboneError(f"Backbone.{setting}: local path {value!r} does not exist{hint}; give an existing folder, "
                             "or a hub id of the form owner/name where a hub is reachable")
     if not path.is_dir():
         if gguf_file is None and path.suffix != ".gguf":
-            raise BackboneError(f"Backbone.{field}: {value!r} is a file; give the folder that holds the model or tokenizer")
+            raise BackboneError(f"Backbone.{setting}: {value!r} is a file; give the folder that holds the model or tokenizer")
         return
     present = {f.name for f in path.iterdir()}
-    if field == "tokenizer" and not present & set(TOKENIZER_FILES) and not any(n.endswith(".gguf") for n in present):
-        raise BackboneError(f"Backbone.tokenizer: folder {value!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-    if field == "name_or_path" and gguf_file is None and "config.json" not in present and "adapter_config.json" not in present:
+    if needs == "tokenizer" and not present & set(TOKENIZER_FILES) and not any(n.endswith(".gguf") for n in present):
+        raise BackboneError(f"Backbone.{setting}: folder {value!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    if needs == "model" and gguf_file is None and "config.json" not in present:
         raise BackboneError(f"Backbone.name_or_path: folder {value!r} holds no model (no config.json); "
                             "give a folder written by save_pretrained, or gguf_file for a GGUF model")
 
 
-def _loading(field: str, value: str):
+def _loading(setting: str, value: str):
     """Reword a transformers / hub loading error as one line naming the field and the source."""
     import contextlib
 
@@ -254,7 +255,7 @@ def _loading(field: str, value: str):
                 raise
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             where = "" if Path(value).exists() else " (not a local folder; as a hub id it needs a reachable hub or the local hub cache)"
-            raise BackboneError(f"Backbone.{field}: cannot load {value!r}{where}: {first}") from error
+            raise BackboneError(f"Backbone.{setting}: cannot load {value!r}{where}: {first}") from error
 
     return context()
 
@@ -270,7 +271,7 @@ def resolve_sources(b: Backbone) -> Backbone:
     if name_or_path and b.tiny is None:
         check_source(name_or_path, "name_or_path", b.gguf_file)
     if tokenizer:
-        check_source(tokenizer, "tokenizer")
+        check_source(tokenizer, "tokenizer", needs="tokenizer")
     if b.gguf_file is not None:
         _check_gguf(b, name_or_path)
     if name_or_path == b.name_or_path and tokenizer == b.tokenizer:
@@ -335,6 +336,8 @@ def load_tokenizer(b: Backbone):
         raise ValueError(
             "Backbone.tokenizer must be set when Backbone.tiny is used (a hub id or local tokenizer directory)"
         )
+    if b.tokenizer is None:
+        check_source(source, "name_or_path", b.gguf_file, needs="tokenizer")
     kwargs: dict[str, Any] = {"trust_remote_code": b.trust_remote_code}
     if b.gguf_file is not None and b.tokenizer is None:
         kwargs["gguf_file"] = b.gguf_file  # the GGUF carries the vocabulary and the chat template
@@ -384,6 +387,7 @@ def load_model(b: Backbone) -> torch.nn.Module:
         model = AutoModelForCausalLM.from_config(_tiny_config(b), **kwargs)
     else:
         b = resolve_sources(b)
+        check_source(b.name_or_path, "name_or_path", b.gguf_file, needs="model")
         if b.gguf_file is not None:
             kwargs.update(_gguf_kwargs(b.gguf_file))
         with _loading("name_or_path", b.name_or_path):

@@ -35,6 +35,20 @@ def nanmean(values) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% with the default z); (nan, nan) when total is 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0/n and n/n, the rates a
+    refusal study sees most: 20/20 gives [0.839, 1.0], 0/20 gives [0.0, 0.161].
+    """
+    if total <= 0:
+        return float("nan"), float("nan")
+    p, n = successes / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass(frozen=True)
 class DomainRates:
     """Per-domain counts: `refused[d]` of `total[d]` prompts were refused (every domain present)."""
@@ -68,10 +82,16 @@ class DomainRates:
         """Mean rate over the domains that had prompts (each domain weighs the same)."""
         return nanmean(self.rates.values())
 
+    def interval(self, domain: str) -> tuple[float, float]:
+        """The 95% Wilson interval of `domain`'s rate."""
+        return wilson_interval(self.refused[domain], self.total[domain])
+
     def to_dict(self) -> dict[str, Any]:
-        # `rate` is derived and written for people reading the JSON; from_dict ignores it.
+        # `rate` and `interval` are derived, written for people reading the JSON; from_dict ignores them.
+        intervals = {d: self.interval(d) for d in DOMAINS}
         return {"rate": {d: _json_number(r) for d, r in self.rates.items()}, "refused": dict(self.refused),
-                "total": dict(self.total)}
+                "total": dict(self.total),
+                "interval": {d: None if math.isnan(lo) else [lo, hi] for d, (lo, hi) in intervals.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DomainRates:

@@ -83,3 +83,19 @@ def word_level_tokenizer(
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     return tokenizer
+
+
+def planted_activations(seed: int = 0, n: int = 40, layers: int = 4, hidden: int = 64):
+    """Synthetic residual-stream activations: every domain gets its own random mean direction, except
+    bias and privacy, which share one (so their concept vectors are the most similar pair)."""
+    from ema_lightning.concepts.vectors import unit
+    from ema_lightning.domains import DOMAINS
+
+    g = torch.Generator().manual_seed(seed)
+    directions = unit(torch.randn(len(DOMAINS), layers, hidden, generator=g)) * 4
+    shared = unit(torch.randn(layers, hidden, generator=g)) * 4
+    directions[DOMAINS.index("bias")] = shared
+    directions[DOMAINS.index("privacy")] = shared
+    acts = {d: torch.randn(n, layers, hidden, generator=g) + directions[i] for i, d in enumerate(DOMAINS)}
+    neutral = torch.randn(2 * n, layers, hidden, generator=g)
+    return acts, neutral

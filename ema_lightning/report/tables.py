@@ -17,6 +17,33 @@ def pct(value: Optional[float]) -> str:
     return f"{100 * value:.0f}%"
 
 
+def rate_cell(counts: Optional[DomainRates], domain: str) -> str:
+    """`95% [76-99]`: the rate and its 95% Wilson interval; `n/a` when it was not measured."""
+    if counts is None or counts.total[domain] == 0:
+        return "n/a"
+    low, high = counts.interval(domain)
+    return f"{pct(counts[domain])} [{100 * low:.0f}-{100 * high:.0f}]"
+
+
+def within_noise(base: Optional[DomainRates], after: Optional[DomainRates]) -> list[str]:
+    """Domains whose rate after training lies within noise of the base: the 95% intervals overlap."""
+    if base is None or after is None:
+        return []
+    out = []
+    for d in DOMAINS:
+        if base.total[d] and after.total[d]:
+            (b_low, b_high), (a_low, a_high) = base.interval(d), after.interval(d)
+            if a_low <= b_high and b_low <= a_high:
+                out.append(d)
+    return out
+
+
+def _counts(evaluation: Optional[Evaluation], external: bool = False) -> Optional[DomainRates]:
+    if evaluation is None:
+        return None
+    return evaluation.external_refusal if external else evaluation.refusal
+
+
 def rates(counts: Optional[DomainRates]) -> dict[str, float]:
     """{domain: rate}; nan in every domain when nothing was measured."""
     return counts.rates if counts is not None else dict.fromkeys(DOMAINS, float("nan"))
@@ -56,17 +83,23 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
     for target, method in run_groups(runs):
         unlearned, contained = _group_runs(runs, target, method)
         any_run = unlearned or contained
-        columns = [("base", harmful_refusal(any_run.baseline, external))]
+        base = _counts(any_run.baseline, external)
+        columns = [("base", base)]
         if unlearned:
-            columns.append((f"unlearned (`{unlearned.name}`)", harmful_refusal(unlearned.final, external)))
+            columns.append((f"unlearned (`{unlearned.name}`)", _counts(unlearned.final, external)))
         if contained:
-            columns.append((f"contained (`{contained.name}`)", harmful_refusal(contained.final, external)))
+            columns.append((f"contained (`{contained.name}`)", _counts(contained.final, external)))
         lines.append(f"### Target {DISPLAY_NAMES.get(target, target)}, {method}\n")
         lines.append("| domain | " + " | ".join(label for label, _ in columns) + " |")
         lines.append("|---|" + "---:|" * len(columns))
         for d in DOMAINS:
             mark = " (target)" if d == target else ""
-            lines.append(f"| {DISPLAY_NAMES[d]}{mark} | " + " | ".join(pct(r[d]) for _, r in columns) + " |")
+            lines.append(f"| {DISPLAY_NAMES[d]}{mark} | " + " | ".join(rate_cell(r, d) for _, r in columns) + " |")
+        for label, counts in columns[1:]:
+            same = within_noise(base, counts)
+            if same:
+                lines.append(f"\nWithin noise of the base ({label.split(' ')[0]}; the 95% intervals overlap): "
+                             + ", ".join(DISPLAY_NAMES[d] for d in same) + ".")
         if external:
             lines.append("")
             continue

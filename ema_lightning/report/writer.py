@@ -38,7 +38,10 @@ def write_report(path: Path, study: StudyResult) -> Path:
     runs = list(study.runs)
     preamble = PREAMBLE + "\n" + timings_table(study.timings, runs) + "\n"
     parts = [f"# EMA study: {study.name}\n", preamble + base_section(study.base_evaluations, study.base_verdict),
-             "## EMA table: refusal on held-out harmful prompts\n", ema_tables(runs)]
+             "## EMA table: refusal on held-out harmful prompts\n",
+             "Each cell: the refusal rate and its 95% Wilson interval over the domain's prompts; a change whose "
+             "interval overlaps the base's is within noise, and the lines under each table say which are.\n",
+             ema_tables(runs)]
     if any(r.baseline is not None and r.baseline.has_external for r in runs):
         parts += ["\n## Refusal on external prompts (public benchmarks mapped to the seven domains)\n",
                   ema_tables(runs, external=True)]

@@ -24,9 +24,9 @@ def test_an_empty_tokenizer_folder_is_named(tmp_path):
     empty = tmp_path / "tokenizer"
     empty.mkdir()
     with pytest.raises(BackboneError, match=r"Backbone.tokenizer: folder .*tokenizer' holds no tokenizer"):
-        check_source(str(empty), "tokenizer")
+        load_tokenizer(Backbone(tiny={"model_type": "qwen2"}, tokenizer=str(empty)))
     with pytest.raises(BackboneError, match="holds no model"):
-        check_source(str(empty), "name_or_path")
+        load_model(Backbone(name_or_path=str(empty)))
 
 
 def test_a_hub_id_without_a_hub_is_one_line(monkeypatch):

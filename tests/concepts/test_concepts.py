@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tiny_assets import WORD_CHAT_TEMPLATE, tiny_qwen2, word_level_tokenizer
+from tiny_assets import WORD_CHAT_TEMPLATE, planted_activations, tiny_qwen2, word_level_tokenizer
 
 from ema_lightning.concepts import analysis
 from ema_lightning.concepts.capture import capture_activations
@@ -171,18 +171,6 @@ def test_ddp_shards_are_gathered_in_order(model, tokenizer, tmp_path):
 
 
 # Synthetic activations ------------------------------------------------------------------------------
-
-
-def planted_activations(seed: int = 0, n: int = 40, layers: int = 4, hidden: int = 64):
-    """Every domain gets its own random mean direction, except bias and privacy, which share one."""
-    g = torch.Generator().manual_seed(seed)
-    directions = unit(torch.randn(len(DOMAINS), layers, hidden, generator=g)) * 4
-    shared = unit(torch.randn(layers, hidden, generator=g)) * 4
-    directions[DOMAINS.index("bias")] = shared
-    directions[DOMAINS.index("privacy")] = shared
-    acts = {d: torch.randn(n, layers, hidden, generator=g) + directions[i] for i, d in enumerate(DOMAINS)}
-    neutral = torch.randn(2 * n, layers, hidden, generator=g)
-    return acts, neutral
 
 
 def most_similar_pair(cosines: torch.Tensor) -> set[str]:

@@ -5,22 +5,11 @@ import math
 import pytest
 import torch
 from report_builders import evaluation, run
+from tiny_assets import planted_activations
 
-from ema_lightning.concepts.vectors import ConceptVectors, concept_vectors, refusal_direction, unit
+from ema_lightning.concepts.vectors import ConceptVectors, concept_vectors, refusal_direction
 from ema_lightning.domains import DOMAINS
 from ema_lightning.report.concepts import concept_section, concept_sections, susceptibility
-
-
-def planted_activations(seed: int = 0, n: int = 40, layers: int = 4, hidden: int = 64):
-    """Every domain gets its own random mean direction, except bias and privacy, which share one."""
-    g = torch.Generator().manual_seed(seed)
-    directions = unit(torch.randn(len(DOMAINS), layers, hidden, generator=g)) * 4
-    shared = unit(torch.randn(layers, hidden, generator=g)) * 4
-    directions[DOMAINS.index("bias")] = shared
-    directions[DOMAINS.index("privacy")] = shared
-    acts = {d: torch.randn(n, layers, hidden, generator=g) + directions[i] for i, d in enumerate(DOMAINS)}
-    neutral = torch.randn(2 * n, layers, hidden, generator=g)
-    return acts, neutral
 
 
 def base_and_after(layers: int = 7):

@@ -28,9 +28,14 @@ def test_ema_table_lines():
     assert lines[:3] == ["### Target Privacy, npo", "",
                          "| domain | base | unlearned (`unlearned_run`) | contained (`contained_run`) |"]
     assert lines[3] == "|---|---:|---:|---:|"
-    assert "| Bias | 100% | 0% | 95% |" in lines
-    assert "| Privacy (target) | 100% | 0% | 10% |" in lines
-    assert "| Safety | 100% | 0% | 100% |" in lines
+    # 20 prompts per domain: 95% Wilson intervals of 20/20, 0/20, 19/20, 2/20
+    assert "| Bias | 100% [84-100] | 0% [0-16] | 95% [76-99] |" in lines
+    assert "| Privacy (target) | 100% [84-100] | 0% [0-16] | 10% [3-30] |" in lines
+    assert "| Safety | 100% [84-100] | 0% [0-16] | 100% [84-100] |" in lines
+    # the contained run stays within noise of the base outside the target; the unlearned run nowhere
+    assert ("Within noise of the base (contained; the 95% intervals overlap): Cybersecurity, Safety, Toxicity, "
+            "Bias, Sensitive Content, Medical/Legal.") in lines
+    assert not any(line.startswith("Within noise of the base (unlearned") for line in lines)
     assert "EMA score (unlearned): 1.000 (mean refusal drop over the six non-target domains)" in lines
     assert "EMA score (contained): 0.013 (mean refusal drop over the six non-target domains)" in lines
     assert "Over-refusal on benign look-alikes (mean over domains): base 0%, unlearned 10%, contained 5%" in lines
@@ -47,7 +52,7 @@ def test_one_table_per_target_and_method_in_sorted_order():
 def test_external_table_has_no_scores_and_shows_missing_runs_as_not_measured():
     measured = run("u", evaluations=(evaluation("baseline", 0, external=1.0), evaluation("val", 10, external={"bias": 0.4})))
     lines = ema_tables([measured], external=True).splitlines()
-    assert "| Bias | 100% | 40% |" in lines
+    assert "| Bias | 100% [84-100] | 40% [22-61] |" in lines
     assert not any(line.startswith(("EMA score", "Over-refusal")) for line in lines)
     unmeasured = ema_tables([run("u")], external=True).splitlines()
     assert "| Bias | n/a | n/a |" in unmeasured
@@ -55,7 +60,7 @@ def test_external_table_has_no_scores_and_shows_missing_runs_as_not_measured():
 
 def test_a_run_without_final_evaluation_shows_not_measured():
     lines = ema_tables([run("u", evaluations=(evaluation("baseline", 0),))]).splitlines()
-    assert "| Bias | 100% | n/a |" in lines
+    assert "| Bias | 100% [84-100] | n/a |" in lines
     assert "Over-refusal on benign look-alikes (mean over domains): base 0%, unlearned n/a" in lines
 
 

@@ -43,7 +43,8 @@ def test_full_report_sections_in_order_and_every_figure_written(tmp_path):
     positions = [lines.index(h) for h in headings]
     assert positions == sorted(positions)
     assert "| unlearned_run | 40.0 | 2.0 |" in lines and "| aligned base | 5.0 |  |" in lines
-    assert "| Bias | 100% | 0% | 100% |" in lines and "| Bias | 100% | 50% | n/a |" in lines
+    assert "| Bias | 100% [84-100] | 0% [0-16] | 100% [84-100] |" in lines
+    assert "| Bias | 100% [84-100] | 50% [30-70] | n/a |" in lines
 
     figures = linked_figures(markdown)
     names = {f.removeprefix("figures/") for f in figures}
@@ -60,7 +61,7 @@ def test_report_without_aligned_base_or_external_prompts_leaves_those_sections_o
     assert "## The aligned base (stage 1)" not in markdown
     assert "## Refusal on external prompts" not in markdown
     assert "## Concept vectors" not in markdown
-    assert "| Bias | 100% | 0% |" in markdown.splitlines()
+    assert "| Bias | 100% [84-100] | 0% [0-16] |" in markdown.splitlines()
     for figure in linked_figures(markdown):
         assert (tmp_path / figure).read_bytes()[:8] == PNG
     assert len(linked_figures(markdown)) == 2
