@@ -17,6 +17,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from ema_lightning.checkpoints import CheckpointSaveError, check_checkpoint, with_atomic_checkpoint_io
 from ema_lightning.data.datamodule import RefusalDataModule
 from ema_lightning.modules.base import CausalLMModule
 
@@ -75,13 +76,17 @@ class EMALightningCLI(LightningCLI):
         callbacks = list(trainer.get("callbacks") or [])
         if trainer.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = [*callbacks, StepProgressBar()]
+        # Checkpoints go to `<name>.tmp-<pid>` beside the target, then are renamed: a full disk leaves no half file.
+        kwargs["plugins"] = with_atomic_checkpoint_io(trainer.get("plugins"))
         return super().instantiate_trainer(**kwargs)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        if subcommand and self.config[subcommand].get("ckpt_path"):
-            check_resume_settings(self.config[subcommand]["ckpt_path"], self.config[subcommand]["model"])
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        # Before LightningCLI's own torch.load of it and before any model loads: one line for a bad file.
+        if check_checkpoint(ckpt_path) is not None:
+            check_resume_settings(ckpt_path, self.config[subcommand]["model"])
 
     def _connect_data(self) -> None:
         # Records are read and validated here, before the trainer builds the model.
@@ -98,9 +103,7 @@ class EMALightningCLI(LightningCLI):
 def check_resume_settings(ckpt_path: str, model_config: Any) -> None:
     """Refuse a `--ckpt_path` whose saved model settings differ from the command's: LightningCLI would
     otherwise replace the command's settings with the checkpoint's, silently."""
-    from ema_lightning.checkpoints import load_checkpoint_file
-
-    saved = dict(load_checkpoint_file(ckpt_path).get("hyper_parameters") or {})
+    saved = dict((check_checkpoint(ckpt_path) or {}).get("hyper_parameters") or {})
     saved.pop("_instantiator", None)
     saved_class = saved.pop("_class_path", None)
     given = model_config.as_dict() if hasattr(model_config, "as_dict") else dict(model_config)
@@ -292,7 +295,8 @@ def run() -> int:
     from ema_lightning.data.records import RecordError
     from ema_lightning.domains import UnknownDomainError
 
-    expected: tuple[type[BaseException], ...] = (RecordError, UnknownDomainError, FloatingPointError, ValueError)
+    expected: tuple[type[BaseException], ...] = (RecordError, UnknownDomainError, FloatingPointError, ValueError,
+                                                 CheckpointSaveError)
     try:
         main()
     except expected as error:

@@ -12,6 +12,7 @@ _EXPORTS = {
     "ClassifierRefusalJudge": "judges",
     "KeywordRefusalJudge": "judges",
     "LogitRefusalJudge": "judges",
+    "PrefixRefusalJudge": "judges",
     "RefusalJudge": "judges",
     "SubstringRefusalJudge": "judges",
     "DomainMean": "metrics",

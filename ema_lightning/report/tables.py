@@ -131,13 +131,13 @@ def _base_tables(evaluations: Sequence[Evaluation]) -> str:
     header = " | ".join(f"{label}: {what}" for label, _ in columns for what in ("refusal", "over-refusal"))
     lines = ["\n## The aligned base (stage 1)\n", f"| domain | {header} |", "|---|" + "---:|" * (2 * len(columns))]
     for d in DOMAINS:
-        cells = [pct(e.refusal[d]) + " | " + pct(e.over_refusal[d]) for _, e in columns]
+        cells = [rate_cell(e.refusal, d) + " | " + rate_cell(e.over_refusal, d) for _, e in columns]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     if any(e.has_external for _, e in columns):
         lines += ["\nOn external prompts:\n", "| domain | " + " | ".join(f"{label}: refusal" for label, _ in columns) + " |",
                   "|---|" + "---:|" * len(columns)]
         for d in DOMAINS:
-            lines.append(f"| {d} | " + " | ".join(pct(harmful_refusal(e, external=True)[d]) for _, e in columns) + " |")
+            lines.append(f"| {d} | " + " | ".join(rate_cell(e.external_refusal, d) for _, e in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

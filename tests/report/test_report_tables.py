@@ -74,8 +74,8 @@ def test_base_section_as_shipped_and_aligned_with_verdict():
     assert ("| domain | as shipped: refusal | as shipped: over-refusal | aligned (step 30): refusal | "
             "aligned (step 30): over-refusal |") in lines
     assert "|---|---:|---:|---:|---:|" in lines
-    assert "| bias | 50% | 10% | 100% | 0% |" in lines
-    assert "| privacy | 100% | 10% | 100% | 0% |" in lines
+    assert "| bias | 50% [30-70] | 10% [3-30] | 100% [84-100] | 0% [0-16] |" in lines
+    assert "| privacy | 100% [84-100] | 10% [3-30] | 100% [84-100] | 0% [0-16] |" in lines
     assert lines[-1] == "The aligned base meets its bounds." and text.endswith("bounds.\n")
     assert "On external prompts:" not in text
 
@@ -85,12 +85,12 @@ def test_base_section_without_shipped_measurement_keeps_the_last_evaluation_and_
     lines = text.splitlines()
     assert "| domain | aligned (step 30): refusal | aligned (step 30): over-refusal |" in lines
     assert "On external prompts:" in lines
-    assert "| domain | aligned (step 30): refusal |" in lines and "| bias | 80% |" in lines
+    assert "| domain | aligned (step 30): refusal |" in lines and "| bias | 80% [58-92] |" in lines
 
 
 def test_base_section_external_column_not_measured_and_empty_without_stage_one():
     text = base_section((evaluation("baseline", 0), evaluation("val", 30, external=0.9)), "ok")
-    assert "| cybersecurity | n/a | 90% |" in text.splitlines()
+    assert "| cybersecurity | n/a | 90% [70-97] |" in text.splitlines()
     assert base_section(()) == ""
 
 
