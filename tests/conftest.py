@@ -32,3 +32,22 @@ def in_repo(monkeypatch):
     """Run with the repository root as working directory (configs use repo-relative paths)."""
     monkeypatch.chdir(ROOT)
     return ROOT
+
+
+@pytest.fixture
+def model_loads(monkeypatch):
+    """Record every model build (the backbone named, or "tiny"): checks that must stop a run before
+    any weights load assert this stays empty."""
+    import ema_lightning.backbone as backbone
+    import ema_lightning.modules.base as base
+
+    calls: list[str] = []
+    original = backbone.load_model
+
+    def load_model(b):
+        calls.append(str(b.name_or_path or "tiny"))
+        return original(b)
+
+    monkeypatch.setattr(backbone, "load_model", load_model)
+    monkeypatch.setattr(base, "load_model", load_model)
+    return calls

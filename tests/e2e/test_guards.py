@@ -44,24 +44,6 @@ def _root(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
-@pytest.fixture
-def model_loads(monkeypatch):
-    """Record every model build; the config guards must fire before the first."""
-    import ema_lightning.backbone as backbone
-    import ema_lightning.modules.base as base
-
-    calls: list[str] = []
-    original = backbone.load_model
-
-    def load_model(b):
-        calls.append(str(b.name_or_path or "tiny"))
-        return original(b)
-
-    monkeypatch.setattr(backbone, "load_model", load_model)
-    monkeypatch.setattr(base, "load_model", load_model, raising=False)
-    return calls
-
-
 def test_nan_loss_stops_the_fit_naming_term_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
     from ema_lightning.cli import main
 

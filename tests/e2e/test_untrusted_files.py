@@ -39,22 +39,6 @@ class RunsACommand:
         return os.system, (self.command,)
 
 
-@pytest.fixture
-def model_loads(monkeypatch):
-    """Every model build; the checks must stop a bad extraction before the first."""
-    import ema_lightning.backbone as backbone
-
-    calls: list[str] = []
-    original = backbone.load_model
-
-    def load_model(b):
-        calls.append(str(b.name_or_path or "tiny"))
-        return original(b)
-
-    monkeypatch.setattr(backbone, "load_model", load_model)
-    return calls
-
-
 def _config(tmp_path: Path) -> Path:
     path = tmp_path / "extract.yaml"
     path.write_text(yaml.safe_dump({"backbone": TINY_BACKBONE}))
