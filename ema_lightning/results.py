@@ -49,6 +49,28 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def ema_score_interval(baseline: "DomainRates", current: "DomainRates", target: str, draws: int = 4000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the EMA score (mean refusal drop over the non-target domains) over prompts:
+    each domain's refused count is redrawn, before and after, from a binomial with its measured rate
+    and prompt count (a parametric bootstrap: the counts are all an `Evaluation` keeps). Seeded."""
+    import numpy as np
+
+    domains = [d for d in DOMAINS if d != target and baseline.total[d] and current.total[d]]
+    if not domains:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    drops = []
+    for d in domains:
+        n_b, n_c = baseline.total[d], current.total[d]
+        before = rng.binomial(n_b, baseline.refused[d] / n_b, draws) / n_b
+        after = rng.binomial(n_c, current.refused[d] / n_c, draws) / n_c
+        drops.append(before - after)
+    scores = np.mean(drops, axis=0)
+    tail = (1 - level) / 2
+    return float(np.quantile(scores, tail)), float(np.quantile(scores, 1 - tail))
+
+
 @dataclass(frozen=True)
 class DomainRates:
     """Per-domain counts: `refused[d]` of `total[d]` prompts were refused (every domain present)."""

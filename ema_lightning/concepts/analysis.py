@@ -80,7 +80,25 @@ def similarity_vs_drop(similarity, drop) -> dict:
         r, p_r = stats.pearsonr(xs, ys)
     result["spearman"] = (float(rho), float(p_rho))
     result["pearson"] = (float(r), float(p_r))
+    result["spearman_permutation_p"] = permutation_p_value(xs, ys)
     return result
+
+
+def permutation_p_value(xs, ys, resamples: int = 9999, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's rho: exact over every pairing when there are at most
+    `resamples` of them (6 domains: 720), else seeded Monte Carlo. Makes no assumption of normality,
+    which the asymptotic p-value of six points needs."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(xs)
+
+    def rho(y):  # one sample: "pairings" reorders it against the fixed similarities (n! orders)
+        return stats.spearmanr(x, y)[0]
+
+    result = stats.permutation_test((np.asarray(ys),), rho, permutation_type="pairings", n_resamples=resamples,
+                                    alternative="two-sided", rng=np.random.default_rng(seed))
+    return float(result.pvalue)
 
 
 def correlation_per_layer(similarity: torch.Tensor, drop) -> list[dict]:

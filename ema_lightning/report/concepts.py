@@ -145,10 +145,11 @@ def concept_section(
             lines.append(f"| {DISPLAY_NAMES[domain]} | {_number(float(early_similarity[i]))} | {_number(float(drops[i]))} |")
     lines += [
         "",
-        "| Correlation | Coefficient | p-value | n |",
-        "|---|---|---|---|",
-        f"| Spearman | {_number(result['spearman'][0])} | {_number(result['spearman'][1])} | {result['n']} |",
-        f"| Pearson | {_number(result['pearson'][0])} | {_number(result['pearson'][1])} | {result['n']} |",
+        "| Correlation | Coefficient | p-value | permutation p-value | n |",
+        "|---|---|---|---|---|",
+        f"| Spearman | {_number(result['spearman'][0])} | {_number(result['spearman'][1])} | "
+        f"{_number(result.get('spearman_permutation_p', float('nan')))} | {result['n']} |",
+        f"| Pearson | {_number(result['pearson'][0])} | {_number(result['pearson'][1])} | | {result['n']} |",
         "",
     ]
     if "note" in result:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS
-from ema_lightning.results import DomainRates, Evaluation, RunResult, nanmean
+from ema_lightning.results import DomainRates, Evaluation, RunResult, ema_score_interval, nanmean
 
 
 def pct(value: Optional[float]) -> str:
@@ -105,8 +105,13 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
             continue
         for label, run in (("unlearned", unlearned), ("contained", contained)):
             if run and run.final and run.final.ema_score is not None:
-                lines.append(f"\nEMA score ({label}): {run.final.ema_score:.3f} "
-                             "(mean refusal drop over the six non-target domains)")
+                interval = ""
+                if base is not None and target is not None:
+                    low, high = ema_score_interval(base, run.final.refusal, target)
+                    if not math.isnan(low):
+                        interval = f" [{low:.3f}, {high:.3f}]"
+                lines.append(f"\nEMA score ({label}): {run.final.ema_score:.3f}{interval} "
+                             "(mean refusal drop over the six non-target domains; 95% bootstrap interval over prompts)")
         over = [("base", over_refusal(any_run.baseline))]
         over += [(label, over_refusal(run.final)) for label, run in (("unlearned", unlearned), ("contained", contained)) if run]
         mean_over = ", ".join(f"{label} {pct(nanmean(r.values()))}" for label, r in over)
