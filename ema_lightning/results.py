@@ -152,6 +152,8 @@ class Evaluation:
     samples: tuple[Sample, ...] = ()
     ema_score: Optional[float] = None
     """Mean refusal drop over the six non-target domains against the run's baseline (None without a target)."""
+    degenerate: Optional[DomainRates] = None
+    """Degenerate (empty, stuck or looping) responses to harmful prompts; None without generated text."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples", tuple(self.samples))
@@ -172,6 +174,9 @@ class Evaluation:
             out.update(_rate_metrics(f"{prefix}_external", self.external_refusal, self.external_over_refusal))
         if self.ema_score is not None:
             out[f"{prefix}/ema_score"] = float(self.ema_score)
+        if self.degenerate is not None:
+            out.update({f"{prefix}/degenerate/{d}": v for d, v in self.degenerate.rates.items()})
+            out[f"{prefix}/degenerate/mean"] = self.degenerate.mean()
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +188,7 @@ class Evaluation:
             "external_over_refusal": None if self.external_over_refusal is None else self.external_over_refusal.to_dict(),
             "samples": [vars(s) for s in self.samples],
             "ema_score": _json_number(self.ema_score),
+            "degenerate": None if self.degenerate is None else self.degenerate.to_dict(),
         }
 
     @classmethod
@@ -198,6 +204,7 @@ class Evaluation:
             external_refusal=rates("external_refusal"), external_over_refusal=rates("external_over_refusal"),
             samples=tuple(Sample(**s) for s in data.get("samples", ())),
             ema_score=None if data.get("ema_score") is None else float(data["ema_score"]),
+            degenerate=rates("degenerate"),
         )
 
     def without_samples(self) -> Evaluation:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import torch
 
 from ema_lightning.domains import DOMAINS
+from ema_lightning.evaluation.coherence import DegenerateDetector
 from ema_lightning.evaluation.generation import generate
 from ema_lightning.evaluation.judges import KeywordRefusalJudge, LogitRefusalJudge, RefusalJudge
 from ema_lightning.evaluation.metrics import DomainMean
@@ -29,6 +30,7 @@ class StageMetrics(torch.nn.Module):
         self.refusal_score = DomainMean() if refusal_score else None
         self.external_refusal = DomainMean()
         self.external_over_refusal = DomainMean()
+        self.degenerate = DomainMean()
         self.samples: list[Sample] = []
 
 
@@ -42,6 +44,8 @@ class Evaluator(torch.nn.Module):
         samples_per_domain: generations kept per domain and harmful/benign for the report.
         refusal_score: also measure each domain's mean refusal log-odds on harmful prompts, read from
             generation's prefill logits (no extra forward); with a `logit_judge`, its openers define it.
+        degenerate: the detector of broken responses (default `DegenerateDetector`); the share of
+            degenerate responses to harmful prompts is measured per domain beside refusal.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class Evaluator(torch.nn.Module):
         max_new_tokens: int = 24,
         samples_per_domain: int = 2,
         refusal_score: bool = True,
+        degenerate: Optional[DegenerateDetector] = None,
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:
@@ -60,6 +65,7 @@ class Evaluator(torch.nn.Module):
         self.judge = judge if judge is not None else KeywordRefusalJudge()
         self.logit_judge = logit_judge
         self.score_judge = (logit_judge or LogitRefusalJudge()) if refusal_score else None
+        self.degenerate = degenerate if degenerate is not None else DegenerateDetector()
         self.max_new_tokens = max_new_tokens
         self.samples_per_domain = samples_per_domain
         self.stages = torch.nn.ModuleDict({stage: StageMetrics(refusal_score) for stage in ("val", "test")})
@@ -67,7 +73,8 @@ class Evaluator(torch.nn.Module):
     def settings(self) -> dict[str, Any]:
         """What the measurement depends on besides model and prompts (for baseline cache keys)."""
         return {"judge": _spec(self.judge), "logit_judge": _spec(self.logit_judge), "score_judge": _spec(self.score_judge),
-                "max_new_tokens": self.max_new_tokens, "samples_per_domain": self.samples_per_domain}
+                "degenerate": _spec(self.degenerate), "max_new_tokens": self.max_new_tokens,
+                "samples_per_domain": self.samples_per_domain}
 
     # ------------------------------------------------------------------ one batch
     def update(self, stage: str, model, tokenizer, batch: dict[str, Any], external: bool = False) -> None:
@@ -86,6 +93,8 @@ class Evaluator(torch.nn.Module):
         if scores is not None:
             metrics.refusal_score.update(scores.float(), domain_ids, valid & harmful)
         if responses is not None and not external:
+            broken = torch.tensor(self.degenerate(responses), dtype=torch.bool, device=refused.device)
+            metrics.degenerate.update(broken, domain_ids, valid & harmful)
             self._keep_samples(metrics.samples, batch, responses, refused, valid)
 
     def _judge(self, model, tokenizer, batch, scores: bool) -> tuple[torch.Tensor, Optional[list[str]], Optional[torch.Tensor]]:
@@ -125,6 +134,7 @@ class Evaluator(torch.nn.Module):
         collective: every rank calls it); the metrics are then reset. `label` is the Evaluation's stage."""
         metrics = self.stages[stage]
         external = metrics.external_refusal.update_called
+        generated = metrics.degenerate.update_called  # not under the logit judge: no text to read
         evaluation = Evaluation(
             stage=label, step=step, epoch=epoch,
             refusal=_rates(metrics.refusal), over_refusal=_rates(metrics.over_refusal),
@@ -132,9 +142,10 @@ class Evaluator(torch.nn.Module):
             external_refusal=_rates(metrics.external_refusal) if external else None,
             external_over_refusal=_rates(metrics.external_over_refusal) if external else None,
             samples=tuple(metrics.samples),
+            degenerate=_rates(metrics.degenerate) if generated else None,
         )
         for metric in (metrics.refusal, metrics.over_refusal, metrics.refusal_score,
-                       metrics.external_refusal, metrics.external_over_refusal):
+                       metrics.external_refusal, metrics.external_over_refusal, metrics.degenerate):
             if metric is not None:
                 metric.reset()
         metrics.samples = []

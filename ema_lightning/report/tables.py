@@ -116,6 +116,13 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
         over += [(label, over_refusal(run.final)) for label, run in (("unlearned", unlearned), ("contained", contained)) if run]
         mean_over = ", ".join(f"{label} {pct(nanmean(r.values()))}" for label, r in over)
         lines.append(f"\nOver-refusal on benign look-alikes (mean over domains): {mean_over}\n")
+        broken = [(label, e.degenerate) for label, e in (("base", any_run.baseline),
+                  ("unlearned", unlearned.final if unlearned else None), ("contained", contained.final if contained else None))
+                  if e is not None and e.degenerate is not None]
+        if broken:
+            lines.append("Degenerate responses to harmful prompts (empty, stuck or looping; mean over domains): "
+                         + ", ".join(f"{label} {pct(counts.mean())}" for label, counts in broken)
+                         + " (a refusal rate that falls while this rises is a model that broke, not one that complies)\n")
     return "\n".join(lines)
 
 
