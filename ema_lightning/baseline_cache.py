@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 from ema_lightning.backbone import Backbone, resolve_sources
+from ema_lightning.checkpoints import atomic_file
 from ema_lightning.results import Evaluation
 
 
@@ -134,12 +135,7 @@ class BaselineCache:
 
     def store_evaluation(self, key: str, evaluation: Evaluation, trainer) -> None:
         if trainer.is_global_zero:
-            write_atomic(self.evaluation_file(key), json.dumps(evaluation.to_dict(), indent=1))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file beside it: a reader sees the whole file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+            path = self.evaluation_file(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path) as handle:  # a concurrent reader sees the whole file or none
+                handle.write(json.dumps(evaluation.to_dict(), indent=1).encode())

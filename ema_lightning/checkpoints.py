@@ -196,16 +196,17 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: PathLike, target: Optional[str] = None) -> list[Path]:
     """Remove the `*.tmp-<pid>` files and folders in `folder` left by processes that no longer run
-    (killed mid-save); returns what was removed. Temporaries of running processes are kept."""
+    (killed mid-save), only those of `target` when it is given; returns what was removed.
+    Temporaries of running processes are kept."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for entry in folder.iterdir():
         match = _TEMPORARY.match(entry.name)
-        if match is None or _process_alive(int(match.group("pid"))):
+        if match is None or (target is not None and match.group("target") != target) or _process_alive(int(match.group("pid"))):
             continue
         with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
@@ -228,34 +229,42 @@ def _fsync_folder(folder: Path) -> None:
             os.close(descriptor)
 
 
+@contextlib.contextmanager
+def atomic_file(target: PathLike):
+    """A binary handle on `<target>.tmp-<pid>` in `target`'s folder; when the block ends without error
+    the bytes are flushed, fsynced and renamed onto `target` (`os.replace`), so `target` never exists
+    half-written. On error the temporary is removed, `target` is untouched and the error propagates."""
+    target = Path(target)
+    temporary = temporary_path(target)
+    try:
+        with temporary.open("wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _fsync_folder(target.parent)
+
+
 def save_atomically(obj: Any, target: PathLike) -> None:
-    """`torch.save(obj)` to `target`, which never exists half-written: the bytes go to
-    `<target>.tmp-<pid>` in the same folder (flushed and fsynced), then `os.replace` renames it.
+    """`torch.save(obj)` to `target` through `atomic_file`.
 
     Raises:
         CheckpointSaveError: the write failed (e.g. disk full); the temporary is removed and the
             file already named `target`, if any, is untouched.
     """
     target = Path(target)
-    temporary = temporary_path(target)
     previous = target.exists()
     try:
-        with temporary.open("wb") as handle:
+        with atomic_file(target) as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
         kept = "the earlier file of that name is intact" if previous else "nothing was left under that name"
         reason = error.strerror or str(error) or type(error).__name__
         raise CheckpointSaveError(target, f"checkpoint not written ({reason}); {kept}", error.errno) from error
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
-    _fsync_folder(target.parent)
 
 
 def _is_local(path: PathLike) -> bool:

@@ -64,9 +64,9 @@ def staged_folder(directory: Path) -> Iterator[Path]:
     """Yield an empty `<directory>.tmp-<pid>` beside `directory`; when the block ends without error,
     it replaces `directory` (an earlier one is removed only after the new one is in place). On error
     the temporary is removed and `directory` is as it was. Stale temporaries of dead processes beside
-    it are removed first."""
+    it are removed first (only `directory`'s own: the folder around it may hold anything)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(directory.parent)
+    remove_stale_temporaries(directory.parent, directory.name)
     staging = temporary_path(directory)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

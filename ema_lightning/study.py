@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ema_lightning.domains import DOMAINS
+from ema_lightning.export import staged_folder
 from ema_lightning.report import write_report
 from ema_lightning.report.tables import pct
 from ema_lightning.results import Evaluation, RunResult, StudyResult
@@ -197,15 +197,11 @@ def build_base(study: Study, fit: Fit) -> tuple[Path, list[Evaluation], str]:
     verdict = _check_alignment(stage, evaluations[-1] if evaluations else None)  # strict: raises, nothing stamped
     export = Path(outcome.log_dir) / "export"
     source = export / "model" if (export / "model").is_dir() else export / "adapter"
-    fresh = output.with_name(f"{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(fresh, ignore_errors=True)
-    shutil.copytree(source, fresh)
-    (fresh / STAMP_FILE).write_text(json.dumps({"hash": key, "evaluations": [e.to_dict() for e in evaluations],
-                                                "verdict": verdict, "wall_s": time.perf_counter() - start}, indent=1))
-    if output.exists():
-        check_base_output(output)  # still ours (or empty): replace it
-        shutil.rmtree(output)
-    fresh.rename(output)
+    check_base_output(output)  # still absent, empty or ours: it may be replaced
+    with staged_folder(output) as fresh:  # the base appears whole, stamp included, or not at all
+        shutil.copytree(source, fresh, dirs_exist_ok=True)
+        (fresh / STAMP_FILE).write_text(json.dumps({"hash": key, "evaluations": [e.to_dict() for e in evaluations],
+                                                    "verdict": verdict, "wall_s": time.perf_counter() - start}, indent=1))
     print(f"[study] stage 1: done in {time.perf_counter() - start:.0f} s; {verdict}")
     return output, evaluations, verdict
 

@@ -191,7 +191,11 @@ def test_stale_temporaries_of_dead_processes_are_removed_at_the_next_start(tmp_p
     ours.write_bytes(b"PK\x03\x04")
     keep = folder / "epoch=0-step=1.ckpt"
     keep.write_bytes(b"x")
-    assert remove_stale_temporaries(folder) == [stale]
+    other = folder / f"notes.txt.tmp-{_dead_pid()}"  # another target's: kept when one target is named
+    other.write_bytes(b"x")
+    assert remove_stale_temporaries(folder, "notes.txt.bak") == []
+    assert remove_stale_temporaries(folder, "epoch=0-step=2.ckpt") == [stale]
+    assert remove_stale_temporaries(folder) == [other]
     assert sorted(p.name for p in folder.iterdir()) == sorted([ours.name, keep.name])
     ours.unlink()
 
