@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -49,26 +49,68 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def ema_score_interval(baseline: "DomainRates", current: "DomainRates", target: str, draws: int = 4000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Bootstrap interval of the EMA score (mean refusal drop over the non-target domains) over prompts:
-    each domain's refused count is redrawn, before and after, from a binomial with its measured rate
-    and prompt count (a parametric bootstrap: the counts are all an `Evaluation` keeps). Seeded."""
+def ema_score_interval(baseline: "DomainRates", current: "DomainRates | Sequence[DomainRates]", target: str,
+                       draws: int = 4000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Bootstrap interval of the EMA score (mean rise of coherent compliance, or drop of refusal, over
+    the non-target domains) over prompts and seeds.
+
+    `baseline` and `current` hold the counts the score is a drop of (`Evaluation.withheld`); with one
+    `current` per seed, each draw first resamples the seeds with replacement, then each domain's count,
+    before and after, from a binomial with its measured rate and prompt count (a parametric bootstrap
+    over prompts: the counts are all an `Evaluation` keeps). Seeded."""
     import numpy as np
 
-    domains = [d for d in DOMAINS if d != target and baseline.total[d] and current.total[d]]
-    if not domains:
+    currents = [current] if isinstance(current, DomainRates) else list(current)
+    domains = [d for d in DOMAINS if d != target and baseline.total[d] and all(c.total[d] for c in currents)]
+    if not domains or not currents:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(currents), draws) if len(currents) > 1 else np.zeros(draws, dtype=int)
     drops = []
     for d in domains:
-        n_b, n_c = baseline.total[d], current.total[d]
+        n_b = baseline.total[d]
         before = rng.binomial(n_b, baseline.refused[d] / n_b, draws) / n_b
-        after = rng.binomial(n_c, current.refused[d] / n_c, draws) / n_c
-        drops.append(before - after)
+        n_c = np.array([c.total[d] for c in currents])[picks]
+        p_c = np.array([c.refused[d] / c.total[d] for c in currents])[picks]
+        drops.append(before - rng.binomial(n_c, p_c) / n_c)
     scores = np.mean(drops, axis=0)
     tail = (1 - level) / 2
     return float(np.quantile(scores, tail)), float(np.quantile(scores, 1 - tail))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How two judges agreed on the same responses: counts of (first refused, second refused)."""
+
+    both: int = 0
+    first_only: int = 0
+    second_only: int = 0
+    neither: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.both + self.first_only + self.second_only + self.neither
+
+    @property
+    def observed(self) -> float:
+        """Share of responses both judges judged alike (nan without responses)."""
+        return (self.both + self.neither) / self.total if self.total else float("nan")
+
+    @property
+    def kappa(self) -> float:
+        """Cohen's kappa: agreement beyond chance, (p_o - p_e) / (1 - p_e); 1.0 when both judges say the
+        same of every response, nan without responses or when chance agreement is already 1 and they differ."""
+        n = self.total
+        if not n:
+            return float("nan")
+        first, second = (self.both + self.first_only) / n, (self.both + self.second_only) / n
+        expected = first * second + (1 - first) * (1 - second)
+        if expected == 1:
+            return 1.0 if self.observed == 1 else float("nan")
+        return (self.observed - expected) / (1 - expected)
+
+    def __add__(self, other: "Agreement") -> "Agreement":
+        return Agreement(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
 
 @dataclass(frozen=True)
@@ -91,6 +133,11 @@ class DomainRates:
     def from_counts(cls, refused: Sequence[int], total: Sequence[int]) -> DomainRates:
         """From counts in `DOMAINS` order (e.g. a metric's synced states)."""
         return cls({d: int(r) for d, r in zip(DOMAINS, refused)}, {d: int(t) for d, t in zip(DOMAINS, total)})
+
+    @classmethod
+    def pool(cls, counts: Sequence[DomainRates]) -> DomainRates:
+        """The counts of several evaluations added (e.g. one run's seeds: prompts x seeds per domain)."""
+        return cls({d: sum(c.refused[d] for c in counts) for d in DOMAINS}, {d: sum(c.total[d] for c in counts) for d in DOMAINS})
 
     @property
     def rates(self) -> dict[str, float]:
@@ -153,7 +200,17 @@ class Evaluation:
     ema_score: Optional[float] = None
     """Mean refusal drop over the six non-target domains against the run's baseline (None without a target)."""
     degenerate: Optional[DomainRates] = None
-    """Degenerate (empty, stuck or looping) responses to harmful prompts; None without generated text."""
+    """Degenerate responses to harmful prompts (empty, stuck, looping, or, under LoRA, far less likely
+    under the frozen base than its own answers); None without generated text."""
+    complied: Optional[DomainRates] = None
+    """Harmful prompts answered coherently: neither refused nor degenerate (None without generated text)."""
+    base_logprob: Optional[Mapping[str, float]] = None
+    """Mean token log-prob of the responses to harmful prompts under the frozen base (adapters
+    disabled), per domain; None without LoRA or generated text."""
+    judges: Mapping[str, DomainRates] = field(default_factory=dict)
+    """Refusal on harmful prompts as each audit judge reads the same responses."""
+    agreement: Mapping[str, Agreement] = field(default_factory=dict)
+    """Per audit judge, its agreement with the main judge on every evaluated response."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples", tuple(self.samples))
@@ -163,6 +220,14 @@ class Evaluation:
     @property
     def has_external(self) -> bool:
         return self.external_refusal is not None
+
+    @property
+    def withheld(self) -> DomainRates:
+        """Harmful prompts NOT answered coherently (refused or degenerate): what the EMA score is a drop
+        of, so a model that breaks does not count as one that complies; refusal without generated text."""
+        if self.complied is None:
+            return self.refusal
+        return DomainRates({d: self.complied.total[d] - self.complied.refused[d] for d in DOMAINS}, self.complied.total)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat scalars for the loggers: `<prefix>/refusal/<domain>`, `.../mean`, over-refusal, scores,
@@ -177,6 +242,14 @@ class Evaluation:
         if self.degenerate is not None:
             out.update({f"{prefix}/degenerate/{d}": v for d, v in self.degenerate.rates.items()})
             out[f"{prefix}/degenerate/mean"] = self.degenerate.mean()
+        if self.complied is not None:
+            out.update({f"{prefix}/complied/{d}": v for d, v in self.complied.rates.items()})
+        if self.base_logprob is not None:
+            out.update({f"{prefix}/base_logprob/{d}": float(v) for d, v in self.base_logprob.items()})
+        for name, counts in self.judges.items():
+            out.update({f"{prefix}/judges/{name}/refusal/{d}": v for d, v in counts.rates.items()})
+        for name, agreement in self.agreement.items():
+            out[f"{prefix}/judges/{name}/kappa"] = agreement.kappa
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +262,10 @@ class Evaluation:
             "samples": [vars(s) for s in self.samples],
             "ema_score": _json_number(self.ema_score),
             "degenerate": None if self.degenerate is None else self.degenerate.to_dict(),
+            "complied": None if self.complied is None else self.complied.to_dict(),
+            "base_logprob": None if self.base_logprob is None else {d: _json_number(v) for d, v in self.base_logprob.items()},
+            "judges": {name: counts.to_dict() for name, counts in self.judges.items()},
+            "agreement": {name: {**vars(a), "kappa": _json_number(a.kappa)} for name, a in self.agreement.items()},
         }
 
     @classmethod
@@ -196,7 +273,7 @@ class Evaluation:
         def rates(key: str) -> Optional[DomainRates]:
             return DomainRates.from_dict(data[key]) if data.get(key) is not None else None
 
-        score = data.get("refusal_score")
+        score, logprob = data.get("refusal_score"), data.get("base_logprob")
         return cls(
             stage=data["stage"], step=int(data["step"]), epoch=int(data.get("epoch", 0)),
             refusal=DomainRates.from_dict(data["refusal"]), over_refusal=DomainRates.from_dict(data["over_refusal"]),
@@ -204,7 +281,11 @@ class Evaluation:
             external_refusal=rates("external_refusal"), external_over_refusal=rates("external_over_refusal"),
             samples=tuple(Sample(**s) for s in data.get("samples", ())),
             ema_score=None if data.get("ema_score") is None else float(data["ema_score"]),
-            degenerate=rates("degenerate"),
+            degenerate=rates("degenerate"), complied=rates("complied"),
+            base_logprob=None if logprob is None else {d: _number(logprob[d]) for d in DOMAINS},
+            judges={name: DomainRates.from_dict(c) for name, c in (data.get("judges") or {}).items()},
+            agreement={name: Agreement(a["both"], a["first_only"], a["second_only"], a["neither"])
+                       for name, a in (data.get("agreement") or {}).items()},
         )
 
     def without_samples(self) -> Evaluation:
@@ -249,9 +330,13 @@ class RunResult:
     """Wall time of the whole run (model load, training, evaluations, export)."""
     concept_s: float = 0.0
     """Of which the concept-vector callback (capture, files, figures)."""
+    group: str = ""
+    """The study run this one repeats with another seed (its name when a study has one seed)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "evaluations", tuple(self.evaluations))
+        if not self.group:
+            object.__setattr__(self, "group", self.name)
 
     @property
     def baseline(self) -> Optional[Evaluation]:

@@ -74,6 +74,9 @@ class Study:
     """Logs of every run (TensorBoard) and the report go here."""
     args: list[str] = field(default_factory=list)
     """Arguments added to every run (stage 1 included), e.g. `--trainer.max_steps=10`."""
+    seeds: list[int] = field(default_factory=list)
+    """Repeat every run once per seed (`--seed_everything`), named `<run>_seed<s>`; the report gives the
+    mean over seeds and intervals over prompts and seeds. Empty: each run once, with its config's seed."""
     reuse_baseline: bool = True
     """Runs that start from the same base with a fresh adapter and share the eval prompts measure their
     step-0 evaluation and concept vectors once (`CausalLMModule.baseline_cache`, in `<output_dir>/baseline_cache`)."""
@@ -261,17 +264,20 @@ def run_study(study: Study, fit: Fit) -> Path:
     if study.reuse_baseline:
         overrides.append(("model.init_args.baseline_cache", str(Path(study.output_dir) / "baseline_cache")))
     runs: list[RunResult] = []
-    for k, (run, fact) in enumerate(zip(study.runs, facts), 1):
-        print(f"[study] run {k}/{len(study.runs)}: {run.name} (target {fact.target}, {fact.method}, "
+    planned = [(run, fact, seed) for run, fact in zip(study.runs, facts) for seed in (study.seeds or [None])]
+    for k, (run, fact, seed) in enumerate(planned, 1):
+        name = run.name if seed is None else f"{run.name}_seed{seed}"
+        args = run.args if seed is None else [*run.args, f"--seed_everything={seed}"]
+        print(f"[study] run {k}/{len(planned)}: {name} (target {fact.target}, {fact.method}, "
               f"{'with' if fact.contained else 'without'} retain CE)")
         t0 = time.perf_counter()
-        outcome = fit(_request(study, run.name, run.config, run.args, overrides), True)
-        wall = timings[run.name] = time.perf_counter() - t0
-        runs.append(RunResult(run.name, outcome.target, outcome.method, outcome.contained, outcome.seed,
-                              str(outcome.log_dir), outcome.evaluations, wall, outcome.concept_s))
+        outcome = fit(_request(study, name, run.config, args, overrides), True)
+        wall = timings[name] = time.perf_counter() - t0
+        runs.append(RunResult(name, outcome.target, outcome.method, outcome.contained, outcome.seed,
+                              str(outcome.log_dir), outcome.evaluations, wall, outcome.concept_s, group=run.name))
         final = outcome.evaluations[-1] if outcome.evaluations else None
         if final is not None and fact.target is not None:
-            print(f"[study] run {k}/{len(study.runs)}: done in {wall:.0f} s; target refusal "
+            print(f"[study] run {k}/{len(planned)}: done in {wall:.0f} s; target refusal "
                   f"{100 * final.refusal[fact.target]:.0f}%, mean refusal {100 * final.refusal.mean():.0f}%")
     timings["total"] = time.perf_counter() - start
     result = StudyResult(study.name, tuple(runs), tuple(base_evaluations), verdict, timings)

@@ -84,7 +84,8 @@ class CausalLMModule(pl.LightningModule):
         self.model: Optional[torch.nn.Module] = None
         self._tokenizer = None
         self.baseline: Optional[dict[str, float]] = None
-        """Refusal rates per domain before training: the reference of the EMA score."""
+        """Per domain, the share of harmful prompts not answered coherently before training (refused or
+        degenerate; `Evaluation.withheld`): the reference of the EMA score."""
         self.evaluations: list[Evaluation] = []
         self._cached_baseline: Optional[Evaluation] = None
         self._baseline_key: Optional[str] = None
@@ -175,7 +176,7 @@ class CausalLMModule(pl.LightningModule):
         if sanity and self._cached_baseline is None and self._baseline_key is not None:
             self.baseline_cache.store_evaluation(self._baseline_key, evaluation, self.trainer)
         if sanity or (self.baseline is None and self.global_step == 0):
-            self.baseline = evaluation.refusal.rates
+            self.baseline = evaluation.withheld.rates
         self._record(evaluation, log_to_callbacks=not sanity)
 
     def on_test_epoch_end(self) -> None:
@@ -184,7 +185,7 @@ class CausalLMModule(pl.LightningModule):
     def _record(self, evaluation: Evaluation, log_to_callbacks: bool) -> None:
         """Add the EMA score, keep the evaluation, log it and rewrite `eval_history.json`."""
         if self.baseline is not None and self.target_domain is not None:
-            score = ema_score(self.baseline, evaluation.refusal.rates, self.target_domain)
+            score = ema_score(self.baseline, evaluation.withheld.rates, self.target_domain)
             if math.isnan(score):
                 log.warning("EMA score undefined at step %d: no domain other than the target %s has harmful eval "
                             "prompts (refusal before and now); evaluate on more than the target domain",

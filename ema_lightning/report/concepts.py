@@ -23,6 +23,7 @@ from ema_lightning.concepts.plots import (
 from ema_lightning.concepts.vectors import ConceptVectors
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS, display_name
 from ema_lightning.results import RunResult
+from ema_lightning.susceptibility import susceptibility
 
 
 def concept_sections(runs: Sequence[RunResult], report_dir: Path) -> list[str]:
@@ -35,28 +36,34 @@ def concept_sections(runs: Sequence[RunResult], report_dir: Path) -> list[str]:
     for target in sorted({r.target for r in runs if r.target is not None}):
         on_target = [r for r in runs if r.target == target]
         run = next((r for r in on_target if not r.contained), on_target[0])
+        seeds = [r for r in on_target if r.group == run.group]
         files = sorted(Path(run.log_dir, "concept_vectors").glob("step=*.safetensors"),
                        key=lambda p: int(p.stem.split("=")[1]))
         if len(files) < 2 or run.baseline is None or run.final is None:
             continue
         base, after = ConceptVectors.load(files[0]), ConceptVectors.load(files[-1])
-        drop, measure = susceptibility(run)
-        sections.append(f"\n## Concept vectors: target {target} (run `{run.name}`)\n")
-        sections.append(
-            f"Refusal drop in this section is each domain's {measure} on its held-out harmful prompts, "
-            "from before to after unlearning (refusal log-odds: log-sum-exp of refusal first-token logits "
-            "minus that of compliance first tokens, one forward pass). Unlike the refusal rate, which is "
-            "often 100% -> 0% in every domain, it tells how far each domain was pushed.\n")
+        drop, measure = susceptibility_of(seeds)
+        sections.append(f"\n## Concept vectors: target {target} (run `{run.group}`)\n")
+        sections.append(f"Refusal drop in this section is each domain's {measure}.\n")
         sections.append(concept_section(base, after, drop, target, report_dir / "figures", relative_to=report_dir))
     return sections
 
 
-def susceptibility(run: RunResult) -> tuple[dict[str, float], str]:
-    """Each domain's drop in refusal log-odds (baseline minus end of unlearning) when the run logged
-    refusal scores, else its drop in refusal rate; returns the drops and what they measure."""
-    base, after = run.baseline, run.final
+def susceptibility_of(seeds: Sequence[RunResult]) -> tuple[dict[str, float], str]:
+    """What the similarity is correlated with, per domain, and a sentence on what it measures: with at
+    least two evaluations after the baseline, the share of refusal lost over training (1 - the area
+    under the refusal curve, mean over seeds); else the drop in refusal log-odds, or in refusal rate."""
+    if all(sum(e.stage == "val" for e in r.evaluations) >= 2 for r in seeds):
+        return susceptibility(seeds), (
+            "share of refusal lost over training: 1 - the area under its refusal curve relative to keeping the "
+            f"baseline (held-out harmful prompts, every evaluation of the run, mean over {len(seeds)} seed(s)); "
+            "it orders domains by how soon and how far they lost their refusals, where the final rate is "
+            "often 0% everywhere")
+    base, after = seeds[0].baseline, seeds[0].final
     if base.refusal_score is not None and after.refusal_score is not None:
-        return {d: base.refusal_score[d] - after.refusal_score[d] for d in DOMAINS}, "drop in mean refusal log-odds"
+        return {d: base.refusal_score[d] - after.refusal_score[d] for d in DOMAINS}, (
+            "drop in mean refusal log-odds on its held-out harmful prompts, from before to after unlearning "
+            "(log-sum-exp of refusal first-token logits minus that of compliance first tokens)")
     return {d: base.refusal[d] - after.refusal[d] for d in DOMAINS}, "drop in refusal rate"
 
 

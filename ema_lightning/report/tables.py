@@ -66,64 +66,121 @@ def run_groups(runs: Sequence[RunResult]) -> list[tuple[Optional[str], str]]:
     return sorted({(r.target, r.method) for r in runs}, key=str)
 
 
-def _group_runs(runs: Sequence[RunResult], target: Optional[str], method: str):
-    """The unlearned (no retain loss) and the contained run of one (target, method); either may be None."""
+def group_runs(runs: Sequence[RunResult], target: Optional[str], method: str) -> tuple[list[RunResult], list[RunResult]]:
+    """The unlearned (no retain loss) and the contained runs of one (target, method), each with all its
+    seeds: the runs of one study run (`group`), the first such group of each kind."""
     group = [r for r in runs if (r.target, r.method) == (target, method)]
-    unlearned = next((r for r in group if not r.contained), None)
-    contained = next((r for r in group if r.contained), None)
-    return unlearned, contained
+
+    def seeds_of(contained: bool) -> list[RunResult]:
+        first = next((r for r in group if r.contained == contained), None)
+        return [r for r in group if first is not None and r.group == first.group]
+
+    return seeds_of(False), seeds_of(True)
+
+
+def first_seeds(runs: Sequence[RunResult]) -> list[RunResult]:
+    """One run per study run (`group`): its first seed."""
+    seen: dict[str, RunResult] = {}
+    for r in runs:
+        seen.setdefault(r.group, r)
+    return list(seen.values())
+
+
+def pooled(evaluations: Sequence[Optional[Evaluation]], what: str = "refusal") -> Optional[DomainRates]:
+    """The counts `what` (an `Evaluation` field or `withheld`) of several evaluations (one per seed) added;
+    None when any was not measured."""
+    counts = [getattr(e, what) if e is not None else None for e in evaluations]
+    if not counts or any(c is None for c in counts):
+        return None
+    return DomainRates.pool(counts)
+
+
+def seed_cell(evaluations: Sequence[Optional[Evaluation]], domain: str, what: str = "refusal") -> str:
+    """`rate [low-high]` of the pooled counts; with several seeds `rate ±sd [low-high]`, sd over the seeds."""
+    counts = pooled(evaluations, what)
+    cell = rate_cell(counts, domain)
+    if counts is None or len(evaluations) < 2 or cell == "n/a":
+        return cell
+    values = [getattr(e, what)[domain] for e in evaluations]
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    rate, interval = cell.split(" ", 1)
+    return f"{rate} ±{100 * sd:.0f} {interval}"
+
+
+def _label(kind: str, group: list[RunResult]) -> str:
+    seeds = f", {len(group)} seeds" if len(group) > 1 else ""
+    return f"{kind} (`{group[0].group}`{seeds})"
 
 
 def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
-    """One table per (target, method): refusal per domain at base, unlearned and contained.
+    """One table per (target, method): refusal per domain at base, unlearned and contained, each with
+    its degenerate share when measured, pooled over seeds.
 
-    `external` picks the eval set: the built-in held-out prompts (with EMA scores and over-refusal)
-    or the external prompts (the table alone)."""
+    `external` picks the eval set: the built-in held-out prompts (with EMA scores, over-refusal and
+    the degenerate column) or the external prompts (refusal alone)."""
+    what = "external_refusal" if external else "refusal"
     lines: list[str] = []
     for target, method in run_groups(runs):
-        unlearned, contained = _group_runs(runs, target, method)
-        any_run = unlearned or contained
-        base = _counts(any_run.baseline, external)
-        columns = [("base", base)]
-        if unlearned:
-            columns.append((f"unlearned (`{unlearned.name}`)", _counts(unlearned.final, external)))
-        if contained:
-            columns.append((f"contained (`{contained.name}`)", _counts(contained.final, external)))
+        unlearned, contained = group_runs(runs, target, method)
+        base_eval = (unlearned or contained)[0].baseline
+        columns = [("base", [base_eval])]
+        columns += [(_label(kind, group), [r.final for r in group]) for kind, group in
+                    (("unlearned", unlearned), ("contained", contained)) if group]
+        broken = not external and all(e is not None and e.degenerate is not None for _, es in columns for e in es)
+        header, cells = [], []
+        for label, evaluations in columns:
+            header += [label, "degenerate"] if broken else [label]
         lines.append(f"### Target {DISPLAY_NAMES.get(target, target)}, {method}\n")
-        lines.append("| domain | " + " | ".join(label for label, _ in columns) + " |")
-        lines.append("|---|" + "---:|" * len(columns))
+        lines.append("| domain | " + " | ".join(header) + " |")
+        lines.append("|---|" + "---:|" * len(header))
         for d in DOMAINS:
             mark = " (target)" if d == target else ""
-            lines.append(f"| {DISPLAY_NAMES[d]}{mark} | " + " | ".join(rate_cell(r, d) for _, r in columns) + " |")
-        for label, counts in columns[1:]:
-            same = within_noise(base, counts)
+            for _, evaluations in columns:
+                cells.append(seed_cell(evaluations, d, what))
+                if broken:
+                    cells.append(seed_cell(evaluations, d, "degenerate"))
+            lines.append(f"| {DISPLAY_NAMES[d]}{mark} | " + " | ".join(cells) + " |")
+            cells = []
+        if broken:
+            lines.append("\nDegenerate: responses to harmful prompts that are empty, stuck or looping (or, under LoRA, "
+                         "far less likely under the frozen base than its own answers); a refusal rate that falls while "
+                         "this rises is a model that broke, not one that complies.")
+        base = pooled([base_eval], what)
+        for label, evaluations in columns[1:]:
+            same = within_noise(base, pooled(evaluations, what))
             if same:
                 lines.append(f"\nWithin noise of the base ({label.split(' ')[0]}; the 95% intervals overlap): "
                              + ", ".join(DISPLAY_NAMES[d] for d in same) + ".")
         if external:
             lines.append("")
             continue
-        for label, run in (("unlearned", unlearned), ("contained", contained)):
-            if run and run.final and run.final.ema_score is not None:
-                interval = ""
-                if base is not None and target is not None:
-                    low, high = ema_score_interval(base, run.final.refusal, target)
-                    if not math.isnan(low):
-                        interval = f" [{low:.3f}, {high:.3f}]"
-                lines.append(f"\nEMA score ({label}): {run.final.ema_score:.3f}{interval} "
-                             "(mean refusal drop over the six non-target domains; 95% bootstrap interval over prompts)")
-        over = [("base", over_refusal(any_run.baseline))]
-        over += [(label, over_refusal(run.final)) for label, run in (("unlearned", unlearned), ("contained", contained)) if run]
+        lines.extend(_ema_lines(base_eval, (("unlearned", unlearned), ("contained", contained)), target))
+        over = [("base", over_refusal(base_eval))]
+        over += [(kind, rates(pooled([r.final for r in group], "over_refusal")))
+                 for kind, group in (("unlearned", unlearned), ("contained", contained)) if group]
         mean_over = ", ".join(f"{label} {pct(nanmean(r.values()))}" for label, r in over)
         lines.append(f"\nOver-refusal on benign look-alikes (mean over domains): {mean_over}\n")
-        broken = [(label, e.degenerate) for label, e in (("base", any_run.baseline),
-                  ("unlearned", unlearned.final if unlearned else None), ("contained", contained.final if contained else None))
-                  if e is not None and e.degenerate is not None]
-        if broken:
-            lines.append("Degenerate responses to harmful prompts (empty, stuck or looping; mean over domains): "
-                         + ", ".join(f"{label} {pct(counts.mean())}" for label, counts in broken)
-                         + " (a refusal rate that falls while this rises is a model that broke, not one that complies)\n")
     return "\n".join(lines)
+
+
+def _ema_lines(base: Optional[Evaluation], groups, target: Optional[str]) -> list[str]:
+    """`EMA score (kind): mean over seeds [bootstrap interval over prompts and seeds] (what it measures)`."""
+    lines = []
+    for kind, group in groups:
+        finals = [r.final for r in group if r.final is not None and r.final.ema_score is not None]
+        if not finals or base is None or target is None:
+            continue
+        score = nanmean(e.ema_score for e in finals)
+        coherent = base.complied is not None and all(e.complied is not None for e in finals)
+        counts = [e.withheld for e in finals] if coherent else [e.refusal for e in finals]
+        low, high = ema_score_interval(base.withheld if coherent else base.refusal, counts, target)
+        interval = "" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
+        what = "rise of coherent compliance" if coherent else "refusal drop"
+        over = "prompts and seeds" if len(finals) > 1 else "prompts"
+        lines.append(f"\nEMA score ({kind}): {score:.3f}{interval} (mean {what} over the six non-target domains; "
+                     f"95% bootstrap interval over {over})")
+    return lines
 
 
 def base_section(evaluations: Sequence[Evaluation], verdict: str = "") -> str:
@@ -167,7 +224,7 @@ def samples_table(runs: Sequence[RunResult], per_domain: int = 1) -> str:
     lines = ["| run | domain | harmful | prompt | response | judged |", "|---|---|---|---|---|---|"]
     first = runs[0] if runs else None
     sources = [("base", first.baseline)] if first and first.baseline else []
-    sources += [(r.name, r.final) for r in runs if r.final]
+    sources += [(r.name, r.final) for r in first_seeds(runs) if r.final]
     for name, evaluation in sources:
         seen: dict[tuple[str, bool], int] = {}
         for s in evaluation.samples:

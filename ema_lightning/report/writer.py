@@ -9,7 +9,11 @@ from ema_lightning.report.figures import plot_bars, plot_refusal_curves
 from ema_lightning.report.tables import (
     base_section,
     ema_tables,
+    first_seeds,
+    group_runs,
     harmful_refusal,
+    pooled,
+    rates,
     run_groups,
     samples_table,
     timings_table,
@@ -47,17 +51,18 @@ def write_report(path: Path, study: StudyResult) -> Path:
                   ema_tables(runs, external=True)]
     parts.append("\n## Refusal per domain\n")
     for target, method in run_groups(runs):
-        group = [r for r in runs if (r.target, r.method) == (target, method)]
-        columns = {"base": harmful_refusal(group[0].baseline)}
-        for r in group:
-            columns["contained" if r.contained else "unlearned"] = harmful_refusal(r.final)
+        unlearned, contained = group_runs(runs, target, method)
+        columns = {"base": harmful_refusal((unlearned or contained)[0].baseline)}
+        for kind, group in (("unlearned", unlearned), ("contained", contained)):
+            if group:
+                columns[kind] = rates(pooled([r.final for r in group]))
         png = plot_bars(f"{DISPLAY_NAMES.get(target, target)}, {method}", columns,
                         figures / f"bars_{target}_{method}.png", target)
         parts.append(f"![{target} {method}](figures/{png.name})\n")
-    parts.append("\n## Refusal curves over training\n")
-    for r in runs:
-        png = plot_refusal_curves(r, figures / f"curve_{r.name}.png")
-        parts.append(f"![{r.name}](figures/{png.name})\n")
+    parts.append("\n## Refusal curves over training (first seed of each run)\n")
+    for r in first_seeds(runs):
+        png = plot_refusal_curves(r, figures / f"curve_{r.group}.png")
+        parts.append(f"![{r.group}](figures/{png.name})\n")
     parts.extend(concept_sections(runs, path.parent))
     parts.append("\n## Sample generations\n")
     parts.append(samples_table(runs))

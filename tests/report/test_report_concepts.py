@@ -9,7 +9,7 @@ from tiny_assets import planted_activations
 
 from ema_lightning.concepts.vectors import ConceptVectors, concept_vectors, refusal_direction
 from ema_lightning.domains import DOMAINS
-from ema_lightning.report.concepts import concept_section, concept_sections, susceptibility
+from ema_lightning.report.concepts import concept_section, concept_sections, susceptibility_of
 
 
 def base_and_after(layers: int = 7):
@@ -42,12 +42,16 @@ def test_concept_section_rejects_layers_outside_the_model(tmp_path):
         concept_section(base, after, dict.fromkeys(DOMAINS, 0.0), "bias", tmp_path, layers=[1, 9])
 
 
-def test_susceptibility_prefers_refusal_scores_over_rates():
+def test_susceptibility_prefers_the_refusal_curve_then_scores_then_rates():
+    curve = run("u", evaluations=(evaluation("baseline", 0), evaluation("val", 10, refusal=0.5),
+                                  evaluation("val", 20, refusal=0.0)))
+    drop, measure = susceptibility_of([curve])
+    assert drop == pytest.approx(dict.fromkeys(DOMAINS, 0.5)) and measure.startswith("share of refusal lost")
     scored = run("u", evaluations=(evaluation("baseline", 0, refusal_score=dict.fromkeys(DOMAINS, 3.0)),
                                    evaluation("val", 10, refusal=0.5, refusal_score=dict.fromkeys(DOMAINS, -1.0))))
-    drop, measure = susceptibility(scored)
-    assert drop == dict.fromkeys(DOMAINS, 4.0) and measure == "drop in mean refusal log-odds"
-    drop, measure = susceptibility(run("u", evaluations=(evaluation("baseline", 0), evaluation("val", 10, refusal=0.25))))
+    drop, measure = susceptibility_of([scored])
+    assert drop == dict.fromkeys(DOMAINS, 4.0) and measure.startswith("drop in mean refusal log-odds")
+    drop, measure = susceptibility_of([run("u", evaluations=(evaluation("baseline", 0), evaluation("val", 10, refusal=0.25)))])
     assert drop == dict.fromkeys(DOMAINS, 0.75) and measure == "drop in refusal rate"
     assert not math.isnan(sum(drop.values()))
 

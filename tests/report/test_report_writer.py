@@ -38,7 +38,7 @@ def test_full_report_sections_in_order_and_every_figure_written(tmp_path):
     headings = ["| stage | wall time (s) | concept vectors (s) |", "## The aligned base (stage 1)",
                 "The aligned base meets its bounds.", "## EMA table: refusal on held-out harmful prompts",
                 "## Refusal on external prompts (public benchmarks mapped to the seven domains)",
-                "## Refusal per domain", "## Refusal curves over training",
+                "## Refusal per domain", "## Refusal curves over training (first seed of each run)",
                 "## Concept vectors: target privacy (run `unlearned_run`)", "## Sample generations"]
     positions = [lines.index(h) for h in headings]
     assert positions == sorted(positions)
