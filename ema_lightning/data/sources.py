@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,13 @@ COLUMN_KEYS: tuple[str, ...] = ("prompt", "response", "domain", "harmful", "sour
 DEFAULT_CATEGORY = "*"
 SOURCES_ACCEPTED = (
     "accepted: a .jsonl, .json, .csv or .parquet file, a folder written by `datasets` save_to_disk, "
-    "a hub id like 'owner/name', or 'builtin:<split>'"
+    "a hub id like 'owner/name', 'package:<python package>/<file>', or 'builtin:<split>'"
 )
+PACKAGE_PREFIX = "package:"
+"""`path` (or `mapping_file`) prefix naming a file inside an installed Python package, e.g.
+``package:ema_lightning/assets/public/harmbench.csv``: the same ``package:<name>`` scheme as
+`Backbone.name_or_path`, followed by the file's path inside the package's folder."""
+PACKAGE_EXAMPLE = "package:ema_lightning/assets/public/harmbench.csv"
 _SAVED_DATASET_FILES = (("dataset_info.json", "state.json"), ("dataset_dict.json",))
 """A folder is a saved `datasets` Dataset when it holds both files of the first tuple, a DatasetDict with the second (what load_from_disk checks)."""
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -39,12 +45,13 @@ class RecordSource:
     to the `category` column (after `category_delimiter`); else the `domain` column. A category
     value mapped to null drops the row (counted and logged). A value missing from the mapping is an
     error, unless the mapping has a "*" key, whose domain (or null) then applies (counted, warned).
-    Relative paths are relative to the working directory; the configs under configs/data/external
-    point at `../shared/data/external/`: point `path` at your own copy.
+    Relative paths are relative to the working directory; ``package:<python package>/<file>`` names a
+    file inside an installed package wherever you run from: the configs under configs/data/external
+    read the public prompt sets shipped in ``package:ema_lightning/assets/public/`` (see its README).
     """
 
     path: str
-    """File (.jsonl/.json/.csv/.parquet), a `datasets` dir saved with save_to_disk, a hub id, or "builtin:<split>"."""
+    """File (.jsonl/.json/.csv/.parquet), a `datasets` dir saved with save_to_disk, a hub id, "package:<python package>/<file>" or "builtin:<split>"."""
     format: str | None = None
     """jsonl | json | csv | parquet | datasets | builtin (default: from the path)."""
     split: str | None = None
@@ -108,6 +115,8 @@ def validate_source(source: RecordSource) -> None:
     where = f"RecordSource({source.path!r})"
     if not isinstance(source.path, str) or not source.path.strip():
         raise RecordError(where, None, "path", "empty path", "a file, a datasets dir, a hub id or 'builtin:<split>'")
+    if source.path.startswith(PACKAGE_PREFIX):
+        _split_package_path(source.path)
     if source.format is not None and source.format not in FORMATS:
         raise RecordError(where, None, "format", f"unknown format {source.format!r}", f"accepted: {', '.join(FORMATS)}")
     unknown = set(source.columns) - set(COLUMN_KEYS)
@@ -141,7 +150,48 @@ def source_format(source: RecordSource) -> str:
     return "datasets"
 
 
+def _split_package_path(path: str, field: str = "path") -> tuple[str, str]:
+    """(package, path inside it) of ``package:<package>/<inner path>``; a RecordError when malformed."""
+    package, _, inner = path[len(PACKAGE_PREFIX):].strip().partition("/")
+    if not package.isidentifier() or not inner.strip("/") or Path(inner).is_absolute() or ".." in Path(inner).parts:
+        raise RecordError(
+            path, None, field, "expected package:<top-level Python package>/<file inside its folder>",
+            f"e.g. {PACKAGE_EXAMPLE}",
+        )
+    return package, inner
+
+
+def package_path(path: str, field: str = "path") -> str:
+    """The file named by ``package:<package>/<inner path>``, in the folder of the installed Python
+    package (found without importing it, as `Backbone` finds ``package:<name>``), so a config can
+    name a shipped file independent of the working directory; any other path is returned unchanged.
+    A RecordError names the package or the file when it is missing."""
+    if not path.startswith(PACKAGE_PREFIX):
+        return path
+    package, inner = _split_package_path(path, field)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    folder: str | None = None
+    if spec is not None and spec.submodule_search_locations:
+        folder = next(iter(spec.submodule_search_locations))
+    if folder is None:
+        why = "is not installed" if spec is None else "is a module, not a package with a folder"
+        raise RecordError(path, None, field, f"Python package {package!r} {why}",
+                          f"install it (pip install {package.replace('_', '-')}) or give a file path")
+    file = Path(folder) / inner
+    if not file.exists():
+        parent = next((p for p in file.parents if p.is_dir()), Path(folder))
+        entries = sorted(entry.name for entry in parent.iterdir() if not entry.name.startswith(("_", ".")))
+        shown = ", ".join(entries[:12]) + (", ..." if len(entries) > 12 else "")
+        raise RecordError(path, None, field, f"no file {inner!r} in package {package!r} (looked for {file})",
+                          f"{parent} holds: {shown or 'nothing'}")
+    return str(file)
+
+
 def _read_mapping_file(path: str) -> dict[str, Any]:
+    path = package_path(path, "mapping_file")
     file = Path(path)
     if not file.is_file():
         raise RecordError(path, None, None, "mapping file not found", "give an existing YAML or JSON file")
@@ -408,6 +458,8 @@ def load_records(source: RecordSource | str, report: LoadReport | None = None) -
     source = resolve_source(source)
     validate_source(source)
     kind = source_format(source)
+    if source.path.startswith(PACKAGE_PREFIX):
+        source = replace(source, path=package_path(source.path))
     local = LoadReport()
     if kind == "builtin":
         records = _builtin(source)
@@ -489,12 +541,14 @@ def load_all(sources: Iterable[RecordSource | str], what: str = "train", report:
 __all__ = [
     "DOMAINS_ACCEPTED",
     "FORMATS",
+    "PACKAGE_PREFIX",
     "SOURCES_ACCEPTED",
     "LoadReport",
     "RecordSource",
     "drop_duplicates",
     "load_all",
     "load_records",
+    "package_path",
     "resolve_source",
     "source_format",
     "validate_source",

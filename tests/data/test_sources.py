@@ -14,7 +14,7 @@ from ema_lightning.data.sources import LoadReport, RecordSource, drop_duplicates
 from ema_lightning.domains import DOMAINS
 
 ROOT = Path(__file__).resolve().parents[2]
-EXTERNAL = ROOT.parent / "shared" / "data" / "external"
+SHIPPED = ROOT / "ema_lightning" / "assets" / "public"  # the public prompt sets shipped in the package
 
 
 def write_jsonl(path, rows):
@@ -240,11 +240,9 @@ EXTERNAL_CONFIGS = {
 }
 
 
-@pytest.mark.external_data
-@pytest.mark.skipif(not EXTERNAL.is_dir(), reason=f"external data folder {EXTERNAL} is absent")
 @pytest.mark.parametrize("name", sorted(EXTERNAL_CONFIGS))
-def test_external_configs_load_with_expected_domains(name, monkeypatch):
-    monkeypatch.chdir(ROOT)  # the configs' paths are relative to the repository root
+def test_external_configs_load_with_expected_domains(name, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the configs read the copies shipped in the package: any working directory
     report = LoadReport()
     records = load_records(RecordSource.from_file(ROOT / "configs" / "data" / "external" / f"{name}.yaml"), report)
     counts = Counter(r.domain for r in records)
@@ -255,11 +253,9 @@ def test_external_configs_load_with_expected_domains(name, monkeypatch):
         assert counts == Counter(cybersecurity=67, safety=78, medical_legal=65, toxicity=25)
 
 
-@pytest.mark.external_data
-@pytest.mark.skipif(not EXTERNAL.is_dir(), reason=f"external data folder {EXTERNAL} is absent")
 def test_external_config_as_mapping_file_for_a_copy(tmp_path):
     copy = tmp_path / "my_jbb.csv"
-    copy.write_bytes((EXTERNAL / "jailbreakbench.csv").read_bytes())
+    copy.write_bytes((SHIPPED / "jailbreakbench.csv").read_bytes())
     mapping = ROOT / "configs" / "data" / "external" / "jailbreakbench.yaml"
     records = load_records(RecordSource(str(copy), mapping_file=str(mapping)))
     counts = Counter(r.domain for r in records)
