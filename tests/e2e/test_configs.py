@@ -32,6 +32,7 @@ STRATEGIES = _names("strategies")
 GPU_STRATEGIES = [s for s in STRATEGIES if not s.endswith("_cpu.yaml")]
 EXTERNAL = _names("data/external")
 STUDIES = _names("study")
+JUDGES = _names("judges")  # parsed and instantiated by tests/evaluation/test_generative_judges.py
 ALIGN = sorted(str(p.relative_to(ROOT)) for p in CONFIGS.glob("study/*/*.yaml"))
 
 FIT_COMBINATIONS = (
@@ -72,7 +73,7 @@ def _print_config(files: list[str], *extra: str) -> dict:
 
 
 def test_every_config_is_checked():
-    checked = {f for combo in FIT_COMBINATIONS for f in combo} | set(MODELS_7B) | set(UNLEARNING) | set(EXTERNAL) | set(STUDIES)
+    checked = {f for combo in FIT_COMBINATIONS for f in combo} | set(MODELS_7B) | set(UNLEARNING) | set(EXTERNAL) | set(STUDIES) | set(JUDGES)
     study_configs = set()
     for study in STUDIES:
         spec = yaml.safe_load((ROOT / study).read_text())
