@@ -161,13 +161,18 @@ def study_fit(request, run: bool):
         target=cli.model.target_domain, method=cli.model.method, contained=cli.model.contained,
         seed=int(config.get("seed_everything") or 0), log_dir=str(cli.trainer.log_dir) if run else None,
         evaluations=tuple(cli.model.evaluations), concept_s=concept_s, evaluates=evaluates(cli.trainer),
+        judges={"main": cli.model.evaluator.judge, **cli.model.evaluator.audit_judges},
     )
 
 
 def evaluates(trainer) -> bool:
     """Whether fitting with this trainer runs validation at least once during training."""
+    from ema_lightning.schedule import EvalSchedule
+
     if trainer.limit_val_batches == 0:
         return False
+    if any(isinstance(c, EvalSchedule) for c in trainer.callbacks):
+        return True
     interval, every_epochs = trainer.val_check_interval, trainer.check_val_every_n_epoch
     if every_epochs is None:  # step-based: an integer interval must fall within max_steps
         return isinstance(interval, int) and (trainer.max_steps in (None, -1) or interval <= trainer.max_steps)

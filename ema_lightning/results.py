@@ -207,6 +207,12 @@ class Evaluation:
     base_logprob: Optional[Mapping[str, float]] = None
     """Mean token log-prob of the responses to harmful prompts under the frozen base (adapters
     disabled), per domain; None without LoRA or generated text."""
+    unparsed: Optional[DomainRates] = None
+    """Harmful prompts whose response a generative judge's output could not be read for (left out of
+    every rate); None for judges that always decide."""
+    harm: Optional[DomainRates] = None
+    """Responses to harmful prompts the judge found harmful (judges that also judge harm); reported
+    beside refusal, never merged into it."""
     judges: Mapping[str, DomainRates] = field(default_factory=dict)
     """Refusal on harmful prompts as each audit judge reads the same responses."""
     agreement: Mapping[str, Agreement] = field(default_factory=dict)
@@ -244,6 +250,10 @@ class Evaluation:
             out[f"{prefix}/degenerate/mean"] = self.degenerate.mean()
         if self.complied is not None:
             out.update({f"{prefix}/complied/{d}": v for d, v in self.complied.rates.items()})
+        for name in ("unparsed", "harm"):
+            counts = getattr(self, name)
+            if counts is not None:
+                out.update({f"{prefix}/{name}/{d}": v for d, v in counts.rates.items()})
         if self.base_logprob is not None:
             out.update({f"{prefix}/base_logprob/{d}": float(v) for d, v in self.base_logprob.items()})
         for name, counts in self.judges.items():
@@ -263,6 +273,8 @@ class Evaluation:
             "ema_score": _json_number(self.ema_score),
             "degenerate": None if self.degenerate is None else self.degenerate.to_dict(),
             "complied": None if self.complied is None else self.complied.to_dict(),
+            "unparsed": None if self.unparsed is None else self.unparsed.to_dict(),
+            "harm": None if self.harm is None else self.harm.to_dict(),
             "base_logprob": None if self.base_logprob is None else {d: _json_number(v) for d, v in self.base_logprob.items()},
             "judges": {name: counts.to_dict() for name, counts in self.judges.items()},
             "agreement": {name: {**vars(a), "kappa": _json_number(a.kappa)} for name, a in self.agreement.items()},
@@ -281,7 +293,7 @@ class Evaluation:
             external_refusal=rates("external_refusal"), external_over_refusal=rates("external_over_refusal"),
             samples=tuple(Sample(**s) for s in data.get("samples", ())),
             ema_score=None if data.get("ema_score") is None else float(data["ema_score"]),
-            degenerate=rates("degenerate"), complied=rates("complied"),
+            degenerate=rates("degenerate"), complied=rates("complied"), unparsed=rates("unparsed"), harm=rates("harm"),
             base_logprob=None if logprob is None else {d: _number(logprob[d]) for d in DOMAINS},
             judges={name: DomainRates.from_dict(c) for name, c in (data.get("judges") or {}).items()},
             agreement={name: Agreement(a["both"], a["first_only"], a["second_only"], a["neither"])
@@ -366,6 +378,8 @@ class StudyResult:
     base_verdict: str = ""
     timings: Mapping[str, float] = field(default_factory=dict)
     """Wall seconds per stage (`aligned base`, each run name, `total`)."""
+    judge_accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """{labelled file: {judge name: accuracy}}: the runs' judges against human labels (`Study.judge_labels`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(self.runs))
@@ -374,13 +388,15 @@ class StudyResult:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "runs": [r.to_dict() for r in self.runs],
                 "base_evaluations": [e.to_dict() for e in self.base_evaluations],
-                "base_verdict": self.base_verdict, "timings": dict(self.timings)}
+                "base_verdict": self.base_verdict, "timings": dict(self.timings),
+                "judge_accuracy": {f: dict(a) for f, a in self.judge_accuracy.items()}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudyResult:
         return cls(name=data["name"], runs=tuple(RunResult.from_dict(r) for r in data["runs"]),
                    base_evaluations=tuple(Evaluation.from_dict(e) for e in data.get("base_evaluations", ())),
-                   base_verdict=data.get("base_verdict", ""), timings=dict(data.get("timings", {})))
+                   base_verdict=data.get("base_verdict", ""), timings=dict(data.get("timings", {})),
+                   judge_accuracy={f: dict(a) for f, a in (data.get("judge_accuracy") or {}).items()})
 
     def save(self, path: Path) -> Path:
         path = Path(path)

@@ -33,7 +33,8 @@ class EvalSchedule(pl.Callback):
 
     After every training batch it points Lightning's batch-based validation check
     (`trainer.val_check_batch`, with `check_val_every_n_epoch: null`) at this batch when a scheduled
-    step was just reached, and past it otherwise; `val_check_interval` is then ignored. Gradient
+    step was just reached, and past it otherwise; `val_check_interval` (an integer, as Lightning
+    requires for step-based validation) is then ignored. Gradient
     accumulation and epoch ends (where Lightning steps on a partial accumulation) are handled, as the
     decision follows the optimizer step actually reached.
 

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from ema_lightning.domains import DOMAINS
 from ema_lightning.export import staged_folder
@@ -77,6 +77,9 @@ class Study:
     seeds: list[int] = field(default_factory=list)
     """Repeat every run once per seed (`--seed_everything`), named `<run>_seed<s>`; the report gives the
     mean over seeds and intervals over prompts and seeds. Empty: each run once, with its config's seed."""
+    judge_labels: list[str] = field(default_factory=list)
+    """Human-labelled responses (JSONL: prompt, response, refused; a path or `package:<pkg>/<file>`) on
+    which the report's judge audit measures the accuracy of the first run's judges."""
     reuse_baseline: bool = True
     """Runs that start from the same base with a fresh adapter and share the eval prompts measure their
     step-0 evaluation and concept vectors once (`CausalLMModule.baseline_cache`, in `<output_dir>/baseline_cache`)."""
@@ -108,6 +111,8 @@ class FitOutcome:
     concept_s: float = 0.0
     evaluates: bool = True
     """Whether the fit's trainer settings run any evaluation during training."""
+    judges: Mapping[str, Any] = field(default_factory=dict)
+    """The run's refusal judges by name (`main`, then its audit judges), for the judge audit."""
 
 
 Fit = Callable[[FitRequest, bool], FitOutcome]
@@ -279,8 +284,13 @@ def run_study(study: Study, fit: Fit) -> Path:
         if final is not None and fact.target is not None:
             print(f"[study] run {k}/{len(planned)}: done in {wall:.0f} s; target refusal "
                   f"{100 * final.refusal[fact.target]:.0f}%, mean refusal {100 * final.refusal.mean():.0f}%")
+    accuracy = {}
+    if study.judge_labels and facts and facts[0].judges:
+        from ema_lightning.evaluation.labelled import audit_judges
+
+        accuracy = audit_judges(dict(facts[0].judges), study.judge_labels)
     timings["total"] = time.perf_counter() - start
-    result = StudyResult(study.name, tuple(runs), tuple(base_evaluations), verdict, timings)
+    result = StudyResult(study.name, tuple(runs), tuple(base_evaluations), verdict, timings, accuracy)
     result.save(Path(study.output_dir) / "results.json")
     path = write_report(Path(study.output_dir) / "report.md", result)
     print(f"[study] report: {path}")

@@ -40,6 +40,7 @@ def generate(
     attention_mask: torch.Tensor,
     max_new_tokens: int = 32,
     first_logits: Optional[list[torch.Tensor]] = None,
+    sequences: Optional[list[torch.Tensor]] = None,
     **kwargs,
 ) -> list[str]:
     """Greedy responses (new tokens only, special tokens skipped), one string per row.
@@ -51,7 +52,9 @@ def generate(
     its training mode is restored afterwards. Works for plain and peft-wrapped causal LMs.
 
     With `first_logits` (a list), the raw (B, V) logits of the first generated position are appended
-    to it: what a one-forward logit judge would compute, taken from the prefill for free.
+    to it: what a one-forward logit judge would compute, taken from the prefill for free. With
+    `sequences` (a list), the (B, T + new) token ids (prompt and response, padded after a stop) are
+    appended to it.
     """
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise ValueError(f"generate: input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} must be equal (B, T)")
@@ -72,6 +75,8 @@ def generate(
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
     finally:
         model.train(was_training)
+    if sequences is not None:
+        sequences.append(output)
     new_tokens = output[:, input_ids.shape[1]:]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 

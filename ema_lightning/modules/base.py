@@ -26,7 +26,7 @@ from ema_lightning.evaluation.evaluator import Evaluator
 from ema_lightning.evaluation.judges import LogitRefusalJudge, RefusalJudge
 from ema_lightning.evaluation.metrics import ema_score
 from ema_lightning.export import Export, export_model
-from ema_lightning.results import Evaluation, save_evaluations
+from ema_lightning.results import Evaluation, nanmean, save_evaluations
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,12 @@ class CausalLMModule(pl.LightningModule):
             and prompts (`ema_lightning.baseline_cache`); `ema-lightning study` sets it.
         target_domain: the domain being unlearned (the EMA score is measured on the others). The CLI
             links it to `data.target_domain`.
+        audit_judges: judges read beside `judge` on the same responses, by name (default: the
+            substring and prefix baselines); their refusal and agreement with `judge` (Cohen's kappa)
+            are logged (`val/judges/<name>/...`) and audited in the study report.
+        base_margin: under LoRA, a response whose mean token log-prob under the frozen base is more
+            than this many nats below the base's own answers at the baseline counts as degenerate
+            (`val/base_logprob/<domain>` logs it); null: only the text decides.
     """
 
     def __init__(
@@ -71,10 +77,13 @@ class CausalLMModule(pl.LightningModule):
         refusal_score: bool = True,
         baseline_cache: Optional[str] = None,
         target_domain: Optional[str] = None,
+        audit_judges: Optional[dict[str, RefusalJudge]] = None,
+        base_margin: Optional[float] = 3.0,
     ) -> None:
         super().__init__()
-        self.evaluator = Evaluator(judge, logit_judge, max_new_tokens, samples_per_domain, refusal_score)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "judge", "logit_judge"])
+        self.evaluator = Evaluator(judge, logit_judge, max_new_tokens, samples_per_domain, refusal_score,
+                                   audit_judges=audit_judges, base_margin=base_margin)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "judge", "logit_judge", "audit_judges"])
         self.backbone = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -177,6 +186,8 @@ class CausalLMModule(pl.LightningModule):
             self.baseline_cache.store_evaluation(self._baseline_key, evaluation, self.trainer)
         if sanity or (self.baseline is None and self.global_step == 0):
             self.baseline = evaluation.withheld.rates
+            if evaluation.base_logprob is not None:
+                self.evaluator.reference_logprob = nanmean(evaluation.base_logprob.values())
         self._record(evaluation, log_to_callbacks=not sanity)
 
     def on_test_epoch_end(self) -> None:
@@ -229,10 +240,12 @@ class CausalLMModule(pl.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         if self.baseline is not None:
             checkpoint["ema_baseline"] = dict(self.baseline)
+        checkpoint["ema_reference_logprob"] = self.evaluator.reference_logprob
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ema_baseline" in checkpoint:
             self.baseline = dict(checkpoint["ema_baseline"])
+        self.evaluator.reference_logprob = checkpoint.get("ema_reference_logprob")
 
     def on_fit_end(self) -> None:
         self.export_model()

@@ -7,6 +7,7 @@ from pathlib import Path
 from ema_lightning.domains import DISPLAY_NAMES
 from ema_lightning.report.figures import plot_bars, plot_refusal_curves
 from ema_lightning.report.tables import (
+    audit_section,
     base_section,
     ema_tables,
     first_seeds,
@@ -16,6 +17,7 @@ from ema_lightning.report.tables import (
     rates,
     run_groups,
     samples_table,
+    susceptibility_section,
     timings_table,
 )
 from ema_lightning.results import StudyResult
@@ -63,7 +65,9 @@ def write_report(path: Path, study: StudyResult) -> Path:
     for r in first_seeds(runs):
         png = plot_refusal_curves(r, figures / f"curve_{r.group}.png")
         parts.append(f"![{r.group}](figures/{png.name})\n")
+    parts.append(susceptibility_section(runs))
     parts.extend(concept_sections(runs, path.parent))
+    parts.append(audit_section(runs, study.judge_accuracy))
     parts.append("\n## Sample generations\n")
     parts.append(samples_table(runs))
     path.write_text("\n".join(parts) + "\n")
