@@ -165,6 +165,14 @@ def study_fit(request, run: bool):
     )
 
 
+def quiet_study_fit(request, run: bool):
+    """`study_fit` as a study runs it: only the package's warnings, no Lightning notes (also in the
+    study's worker processes, which start without the parent's logging settings)."""
+    configure_logging(logging.WARNING)
+    with _quiet(study=True):
+        return study_fit(request, run)
+
+
 def evaluates(trainer) -> bool:
     """Whether fitting with this trainer runs validation at least once during training."""
     from ema_lightning.schedule import EvalSchedule
@@ -253,7 +261,7 @@ def main(args: Optional[list[str]] = None) -> Any:
         if argv[0] == "study":
             from ema_lightning.study import study_main
 
-            return study_main(argv[1:], study_fit)
+            return study_main(argv[1:], quiet_study_fit)
         if argv[0] == "extract":
             from ema_lightning.concepts.extract import extract_main
 

@@ -7,6 +7,7 @@ Every run config and every data file is checked before any training starts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from ema_lightning.domains import DOMAINS
 from ema_lightning.export import staged_folder
@@ -77,6 +78,10 @@ class Study:
     seeds: list[int] = field(default_factory=list)
     """Repeat every run once per seed (`--seed_everything`), named `<run>_seed<s>`; the report gives the
     mean over seeds and intervals over prompts and seeds. Empty: each run once, with its config's seed."""
+    workers: int = 1
+    """Unlearning runs fitted at once, each in its own process (spawned; on a CPU each gets
+    `cpu_count // workers` torch threads): small models use several cores better side by side than
+    one run's threads do. Runs are independent; stage 1 runs first, alone."""
     judge_labels: list[str] = field(default_factory=list)
     """Human-labelled responses (JSONL: prompt, response, refused; a path or `package:<pkg>/<file>`) on
     which the report's judge audit measures the accuracy of the first run's judges."""
@@ -268,21 +273,23 @@ def run_study(study: Study, fit: Fit) -> Path:
         overrides.append((study.base_argument, str(base_dir)))
     if study.reuse_baseline:
         overrides.append(("model.init_args.baseline_cache", str(Path(study.output_dir) / "baseline_cache")))
-    runs: list[RunResult] = []
     planned = [(run, fact, seed) for run, fact in zip(study.runs, facts) for seed in (study.seeds or [None])]
-    for k, (run, fact, seed) in enumerate(planned, 1):
+    requests = []
+    for run, fact, seed in planned:
         name = run.name if seed is None else f"{run.name}_seed{seed}"
         args = run.args if seed is None else [*run.args, f"--seed_everything={seed}"]
-        print(f"[study] run {k}/{len(planned)}: {name} (target {fact.target}, {fact.method}, "
-              f"{'with' if fact.contained else 'without'} retain CE)")
-        t0 = time.perf_counter()
-        outcome = fit(_request(study, name, run.config, args, overrides), True)
-        wall = timings[name] = time.perf_counter() - t0
-        runs.append(RunResult(name, outcome.target, outcome.method, outcome.contained, outcome.seed,
+        if study.workers > 1:
+            args = [*args, "--trainer.enable_progress_bar=false"]  # bars of parallel runs would interleave
+        requests.append(_request(study, name, run.config, args, overrides))
+    runs: list[RunResult] = []
+    for k, ((run, fact, _), request, (outcome, wall)) in enumerate(
+            zip(planned, requests, _fit_all(requests, fit, study.workers, planned)), 1):
+        timings[request.name] = wall
+        runs.append(RunResult(request.name, outcome.target, outcome.method, outcome.contained, outcome.seed,
                               str(outcome.log_dir), outcome.evaluations, wall, outcome.concept_s, group=run.name))
         final = outcome.evaluations[-1] if outcome.evaluations else None
         if final is not None and fact.target is not None:
-            print(f"[study] run {k}/{len(planned)}: done in {wall:.0f} s; target refusal "
+            print(f"[study] run {k}/{len(planned)}: {request.name} done in {wall:.0f} s; target refusal "
                   f"{100 * final.refusal[fact.target]:.0f}%, mean refusal {100 * final.refusal.mean():.0f}%")
     accuracy = {}
     if study.judge_labels and facts and facts[0].judges:
@@ -295,6 +302,39 @@ def run_study(study: Study, fit: Fit) -> Path:
     path = write_report(Path(study.output_dir) / "report.md", result)
     print(f"[study] report: {path}")
     return path
+
+
+def _fit_all(requests: list[FitRequest], fit: Fit, workers: int, planned) -> Iterator[tuple[FitOutcome, float]]:
+    """(outcome, wall seconds) of every request, in order: one after the other, or `workers` at once in
+    spawned processes (`fit` must then be importable by name, as `cli.study_fit` is)."""
+    for k, ((run, fact, _), request) in enumerate(zip(planned, requests), 1):
+        print(f"[study] run {k}/{len(requests)}: {request.name} (target {fact.target}, {fact.method}, "
+              f"{'with' if fact.contained else 'without'} retain CE){' queued' if workers > 1 else ''}")
+        if workers <= 1:
+            t0 = time.perf_counter()
+            outcome = fit(request, True)
+            yield outcome, time.perf_counter() - t0
+    if workers <= 1:
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_timed_fit, fit, request, threads) for request in requests]
+        for future in futures:
+            yield future.result()
+
+
+def _timed_fit(fit: Fit, request: FitRequest, threads: int) -> tuple[FitOutcome, float]:
+    """One fit in a worker process with `threads` torch threads; its wall time."""
+    import torch
+
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    outcome = fit(request, True)
+    return dataclasses.replace(outcome, judges={}), time.perf_counter() - t0
 
 
 def parse_study(argv: list[str]) -> Study:

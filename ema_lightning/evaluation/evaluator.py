@@ -139,11 +139,12 @@ class Evaluator(torch.nn.Module):
         if responses is None or external:
             return
         broken = torch.tensor(self.degenerate(responses), dtype=torch.bool, device=device)
-        logprob = self._base_logprob(model, tokenizer, batch, judged.sequences)
+        rows = (valid & harmful).nonzero().flatten()  # what the likelihood signal is measured on
+        logprob = self._base_logprob(model, tokenizer, batch, judged.sequences, rows) if len(rows) else None
         if logprob is not None:
-            metrics.base_logprob.update(logprob, domain_ids, valid & harmful)
+            metrics.base_logprob.update(logprob, domain_ids.to(device)[rows])
             if self.reference_logprob is not None:
-                broken |= logprob.to(device) < self.reference_logprob - self.base_margin
+                broken[rows] |= logprob.to(device) < self.reference_logprob - self.base_margin
         metrics.degenerate.update(broken, domain_ids, valid & harmful)
         metrics.complied.update(~refused & ~broken, domain_ids, valid & harmful)
         for name, audit in self.audit_judges.items():
@@ -173,19 +174,23 @@ class Evaluator(torch.nn.Module):
         judged.refused = judged.refused.to(ids.device).bool()
         return judged
 
-    def _base_logprob(self, model, tokenizer, batch, sequences: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """(B,) mean log-prob of each response's tokens (up to its first stop token) under the frozen
-        base: one forward with the adapters disabled. None without LoRA or `base_margin`."""
+    def _base_logprob(self, model, tokenizer, batch, sequences: Optional[torch.Tensor],
+                      rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Mean log-prob of each response's tokens (up to its first stop token) under the frozen base, for
+        the batch's `rows` (default all): one forward with the adapters disabled. None without LoRA or
+        `base_margin`."""
         if self.base_margin is None or sequences is None or not hasattr(model, "disable_adapter"):
             return None
+        rows = torch.arange(sequences.shape[0], device=sequences.device) if rows is None else rows.to(sequences.device)
         prompt = batch["input_ids"].shape[1]
+        sequences = sequences[rows]
         new = sequences[:, prompt:]
         if new.shape[1] == 0:
             return None
         stops = torch.tensor(stop_token_ids(tokenizer, model), device=new.device)
         ended = torch.isin(new, stops).long().cumsum(1)
         keep = (ended - torch.isin(new, stops).long()) == 0  # every token up to and including the first stop
-        mask = torch.cat([batch["attention_mask"].to(new.device), keep.long()], dim=1)
+        mask = torch.cat([batch["attention_mask"].to(new.device)[rows], keep.long()], dim=1)
         was_training = model.training
         model.eval()
         try:

@@ -26,10 +26,23 @@ def _study(tmp: Path, runs=None, base_output=None) -> Study:
 
 
 @pytest.mark.slow
-def test_same_seed_same_table(in_repo, tmp_path):
+def test_same_seed_same_table(in_repo, tmp_path, monkeypatch):
+    """Twice the same study: one run after the other, then two at once in worker processes (each with
+    one torch thread, as here, so the kernels match): the same numbers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # two workers get one thread each on any machine
     tables = []
     for k in range(2):
-        report = run_study(_study(tmp_path / f"s{k}"), study_fit)
+        study = _study(tmp_path / f"s{k}")
+        study.workers = 1 + k
+        try:
+            report = run_study(study, study_fit)
+        finally:
+            torch.set_num_threads(threads)
+        torch.set_num_threads(1)
         results = json.loads((report.parent / "results.json").read_text())
         tables.append([(r["name"], [(h["step"], h["refusal"], h["over_refusal"]) for h in r["evaluations"]])
                        for r in results["runs"]])
@@ -42,6 +55,7 @@ def test_same_seed_same_table(in_repo, tmp_path):
         # both runs start from the aligned base on the same prompts: the baseline is measured once
         assert len(list((report.parent / "baseline_cache").glob("evaluation-*.json"))) == 1
         assert tables[-1][0][1][0] == tables[-1][1][1][0]
+    torch.set_num_threads(threads)
     assert tables[0] == tables[1]
 
 
