@@ -7,7 +7,15 @@ from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS
-from ema_lightning.results import Agreement, DomainRates, Evaluation, RunResult, ema_score_interval, nanmean
+from ema_lightning.results import (
+    Agreement,
+    DomainRates,
+    Evaluation,
+    RunResult,
+    ema_score_interval,
+    nanmean,
+    wilson_interval,
+)
 
 
 def pct(value: Optional[float]) -> str:
@@ -23,6 +31,17 @@ def rate_cell(counts: Optional[DomainRates], domain: str) -> str:
         return "n/a"
     low, high = counts.interval(domain)
     return f"{pct(counts[domain])} [{100 * low:.0f}-{100 * high:.0f}]"
+
+
+def overall_cell(counts: Optional[DomainRates]) -> str:
+    """All domains' prompts together: `rate [low-high]` (Wilson 95%); `n/a` when not measured."""
+    if counts is None:
+        return "n/a"
+    refused, total = sum(counts.refused.values()), sum(counts.total.values())
+    if not total:
+        return "n/a"
+    low, high = wilson_interval(refused, total)
+    return f"{pct(refused / total)} [{100 * low:.0f}-{100 * high:.0f}]"
 
 
 def within_noise(base: Optional[DomainRates], after: Optional[DomainRates]) -> list[str]:
@@ -156,11 +175,11 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
             lines.append("")
             continue
         lines.extend(_ema_lines(base_eval, (("unlearned", unlearned), ("contained", contained)), target))
-        over = [("base", over_refusal(base_eval))]
-        over += [(kind, rates(pooled([r.final for r in group], "over_refusal")))
+        over = [("base", pooled([base_eval], "over_refusal"))]
+        over += [(kind, pooled([r.final for r in group], "over_refusal"))
                  for kind, group in (("unlearned", unlearned), ("contained", contained)) if group]
-        mean_over = ", ".join(f"{label} {pct(nanmean(r.values()))}" for label, r in over)
-        lines.append(f"\nOver-refusal on benign look-alikes (mean over domains): {mean_over}\n")
+        mean_over = ", ".join(f"{label} {overall_cell(counts)}" for label, counts in over)
+        lines.append(f"\nOver-refusal on benign look-alikes (all domains' prompts together, 95% interval): {mean_over}\n")
     return "\n".join(lines)
 
 
@@ -253,7 +272,7 @@ def audit_section(runs: Sequence[RunResult], judge_accuracy: Mapping[str, Mappin
              "How far the refusal numbers can be trusted. Cohen's kappa of the main judge against each audit "
              "judge on the same responses (every response of every evaluation of the run's seeds; 1 = the same "
              "verdict everywhere, 0 = agreement by chance); refusal on harmful prompts by each judge (final "
-             "evaluations, mean over domains); the share of degenerate responses and of responses a generative "
+             "evaluations, all domains together, with 95% intervals); the share of degenerate responses and of responses a generative "
              "judge's output could not be read for.\n"]
     if names:
         header = ["run", "responses"] + [f"kappa vs {n}" for n in names] + ["refusal: main"] + [n for n in names]
@@ -266,9 +285,9 @@ def audit_section(runs: Sequence[RunResult], judge_accuracy: Mapping[str, Mappin
             finals = [r.final for r in seeds if r.final is not None]
             total = max((a.total for a in agreements.values()), default=0)
             cells = [f"`{lead.group}`", str(total)] + [_kappa(agreements[n]) for n in names]
-            cells.append(pct(_pooled_mean([e.refusal for e in finals])))
-            cells += [pct(_pooled_mean([e.judges.get(n) for e in finals])) for n in names]
-            cells += [pct(_pooled_mean([e.degenerate for e in finals])), pct(_pooled_mean([e.unparsed for e in finals]))]
+            cells.append(_pooled_cell([e.refusal for e in finals]))
+            cells += [_pooled_cell([e.judges.get(n) for e in finals]) for n in names]
+            cells += [_pooled_cell([e.degenerate for e in finals]), _pooled_cell([e.unparsed for e in finals])]
             lines.append("| " + " | ".join(cells) + " |")
     else:
         lines.append("No audit judge was configured (`model.init_args.audit_judges`).")
@@ -281,11 +300,11 @@ def audit_section(runs: Sequence[RunResult], judge_accuracy: Mapping[str, Mappin
     return "\n".join(lines) + "\n"
 
 
-def _pooled_mean(counts: Sequence[Optional[DomainRates]]) -> float:
-    """Mean over domains of several evaluations' counts added; nan when any was not measured."""
+def _pooled_cell(counts: Sequence[Optional[DomainRates]]) -> str:
+    """`overall_cell` of several evaluations' counts added; `n/a` when any was not measured."""
     if not counts or any(c is None for c in counts):
-        return float("nan")
-    return DomainRates.pool(counts).mean()
+        return "n/a"
+    return overall_cell(DomainRates.pool(counts))
 
 
 def susceptibility_section(runs: Sequence[RunResult]) -> str:

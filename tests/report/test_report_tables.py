@@ -42,7 +42,8 @@ def test_ema_table_lines():
     contained = next(line for line in lines if line.startswith("EMA score (contained): 0.013 ["))
     low, high = (float(v) for v in contained.split("[")[1].split("]")[0].split(", "))
     assert 0.0 <= low <= 0.0125 <= high <= 0.05 and contained.endswith(suffix)
-    assert "Over-refusal on benign look-alikes (mean over domains): base 0%, unlearned 10%, contained 5%" in lines
+    assert ("Over-refusal on benign look-alikes (all domains' prompts together, 95% interval): base 0% [0-3], "
+            "unlearned 10% [6-16], contained 5% [2-10]") in lines
 
 
 def test_one_table_per_target_and_method_in_sorted_order():
@@ -65,7 +66,7 @@ def test_external_table_has_no_scores_and_shows_missing_runs_as_not_measured():
 def test_a_run_without_final_evaluation_shows_not_measured():
     lines = ema_tables([run("u", evaluations=(evaluation("baseline", 0),))]).splitlines()
     assert "| Bias | 100% [84-100] | n/a |" in lines
-    assert "Over-refusal on benign look-alikes (mean over domains): base 0%, unlearned n/a" in lines
+    assert "Over-refusal on benign look-alikes (all domains' prompts together, 95% interval): base 0% [0-3], unlearned n/a" in lines
 
 
 def test_base_section_as_shipped_and_aligned_with_verdict():
@@ -114,3 +115,45 @@ def test_samples_table_one_per_domain_and_kind_cells_escaped_and_cut():
     assert lines[2] == "| base | bias | yes | a \\| b c | no | refused |"
     assert lines[3] == f"| base | bias | no | {'x' * 139}… | sure | complied |"
     assert lines[4].startswith("| u | bias | no | ") and len(lines) == 5
+
+
+def _seeded(group, refusals, contained=False, degenerate=0.0):
+    """One study run (`group`) with one seed per final refusal rate of the bias domain."""
+    from dataclasses import replace
+
+    from report_builders import domain_rates
+
+    runs = []
+    for seed, rate in enumerate(refusals):
+        final = replace(evaluation("val", 10, refusal={"bias": rate}, ema_score=0.1),
+                        degenerate=domain_rates(degenerate), complied=domain_rates(1 - degenerate))
+        base = replace(evaluation("baseline", 0), degenerate=domain_rates(0.0), complied=domain_rates(0.0))
+        r = run(f"{group}_seed{seed}", contained=contained, evaluations=(base, final))
+        runs.append(replace(r, group=group, seed=seed))
+    return runs
+
+
+def test_seeds_pool_into_one_column_with_their_spread_and_a_degenerate_column():
+    runs = _seeded("npo", [0.0, 0.5, 1.0], degenerate=0.5)
+    lines = ema_tables(runs).splitlines()
+    assert "| domain | base | degenerate | unlearned (`npo`, 3 seeds) | degenerate |" in lines
+    # bias: 0 + 10 + 20 of 60 refused (50%), the seeds' rates 0, 0.5, 1 (sd 0.5); 30/60 degenerate
+    assert "| Bias | 100% [84-100] | 0% [0-16] | 50% ±50 [38-62] | 50% ±0 [38-62] |" in lines
+    ema = next(line for line in lines if line.startswith("EMA score (unlearned)"))
+    assert "rise of coherent compliance" in ema and "over prompts and seeds" in ema
+
+
+def test_audit_section_reports_kappa_per_run_and_accuracy_per_labelled_set():
+    from dataclasses import replace
+
+    from report_builders import domain_rates
+
+    from ema_lightning.report.tables import audit_section
+    from ema_lightning.results import Agreement
+
+    final = replace(evaluation("val", 10, refusal=0.5), degenerate=domain_rates(0.0),
+                    judges={"substring": domain_rates(0.25)}, agreement={"substring": Agreement(20, 5, 10, 65)})
+    text = audit_section([run("npo", evaluations=(evaluation("baseline", 0), final))],
+                         {"labels.jsonl": {"main": 0.9, "substring": 0.8}})
+    assert "| `npo` | 100 | 0.63 | 50% [42-58] | 25% [19-33] | 0% [0-3] | n/a |" in text  # kappa 0.625
+    assert "| `labels.jsonl` | 0.900 | 0.800 |" in text
