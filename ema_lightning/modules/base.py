@@ -42,7 +42,7 @@ class CausalLMModule(pl.LightningModule):
         backbone: which model to load (hub id, local path, GGUF file or tiny config) and its LoRA.
         optimizer: optimizer factory over the trainable parameters.
         scheduler: optional learning-rate scheduler factory (stepped every optimizer step).
-        judge: refusal judge over generated responses (default: `KeywordRefusalJudge`).
+        judge: refusal judge over generated responses (default: `LearnedRefusalJudge`).
         logit_judge: when set, refusal is scored from first-token log-odds (one forward, no generation).
         max_new_tokens: greedy tokens generated per eval prompt.
         samples_per_domain: generations kept per domain and harmful/benign for the report.
@@ -56,8 +56,8 @@ class CausalLMModule(pl.LightningModule):
             and prompts (`ema_lightning.baseline_cache`); `ema-lightning study` sets it.
         target_domain: the domain being unlearned (the EMA score is measured on the others). The CLI
             links it to `data.target_domain`.
-        audit_judges: judges read beside `judge` on the same responses, by name (default: the
-            substring and prefix baselines); their refusal and agreement with `judge` (Cohen's kappa)
+        audit_judges: judges read beside `judge` on the same responses, by name (default: the learned
+            and keyword judges, whichever is not `judge`, and the substring and prefix baselines); their refusal and agreement with `judge` (Cohen's kappa)
             are logged (`val/judges/<name>/...`) and audited in the study report.
         base_margin: under LoRA, a response whose mean token log-prob under the frozen base is more
             than this many nats below the base's own answers at the baseline counts as degenerate
@@ -78,7 +78,7 @@ class CausalLMModule(pl.LightningModule):
         baseline_cache: Optional[str] = None,
         target_domain: Optional[str] = None,
         audit_judges: Optional[dict[str, RefusalJudge]] = None,
-        base_margin: Optional[float] = 3.0,
+        base_margin: Optional[float] = 8.0,
     ) -> None:
         super().__init__()
         self.evaluator = Evaluator(judge, logit_judge, max_new_tokens, samples_per_domain, refusal_score,

@@ -16,7 +16,6 @@ import torch
 
 from ema_lightning.backbone import Backbone
 from ema_lightning.data.records import Record
-from ema_lightning.evaluation.judges import KeywordRefusalJudge
 from ema_lightning.modules.base import CausalLMModule
 from ema_lightning.objectives import (
     cross_entropy_loss,
@@ -94,11 +93,11 @@ class RefusalUnlearningModule(CausalLMModule):
                 raise ValueError("forget_objective 'compliance' trains on compliant responses, but data.forget_responses "
                                  "is 'generate' (the model's own responses, i.e. its refusals); give compliant responses "
                                  "in data.forget (for the built-in data: `- path: builtin:compliance`)")
-            refused = KeywordRefusalJudge()([r.response or "" for r in forget])
+            refused = self.evaluator.judge([r.response or "" for r in forget])
             if sum(refused) > len(refused) / 2:
                 raise ValueError(
                     f"forget_objective 'compliance' trains cross-entropy on compliant responses, but {sum(refused)} of "
-                    f"{len(refused)} forget responses are refusals (KeywordRefusalJudge): it would strengthen refusal. "
+                    f"{len(refused)} forget responses are refusals ({type(self.evaluator.judge).__name__}): it would strengthen refusal. "
                     "Give compliant responses in data.forget (for the built-in data: `- path: builtin:compliance`)")
 
     @property
