@@ -34,19 +34,48 @@ def concept_sections(runs: Sequence[RunResult], report_dir: Path) -> list[str]:
     report_dir = Path(report_dir)
     sections = []
     for target in sorted({r.target for r in runs if r.target is not None}):
-        on_target = [r for r in runs if r.target == target]
-        run = next((r for r in on_target if not r.contained), on_target[0])
-        seeds = [r for r in on_target if r.group == run.group]
-        files = sorted(Path(run.log_dir, "concept_vectors").glob("step=*.safetensors"),
-                       key=lambda p: int(p.stem.split("=")[1]))
-        if len(files) < 2 or run.baseline is None or run.final is None:
+        inputs = _section_inputs(runs, target)
+        if inputs is None:
             continue
+        run, seeds, files = inputs
         base, after = ConceptVectors.load(files[0]), ConceptVectors.load(files[-1])
         drop, measure = susceptibility_of(seeds)
         sections.append(f"\n## Concept vectors: target {target} (run `{run.group}`)\n")
         sections.append(f"Refusal drop in this section is each domain's {measure}.\n")
         sections.append(concept_section(base, after, drop, target, report_dir / "figures", relative_to=report_dir))
     return sections
+
+
+def _section_inputs(runs: Sequence[RunResult], target: str):
+    """(run, its seeds, its concept-vector files in step order) of `target`'s section; None when the run
+    saved fewer than two files or lacks a baseline or final evaluation."""
+    on_target = [r for r in runs if r.target == target]
+    run = next((r for r in on_target if not r.contained), on_target[0])
+    files = sorted(Path(run.log_dir, "concept_vectors").glob("step=*.safetensors"), key=lambda p: int(p.stem.split("=")[1]))
+    if len(files) < 2 or run.baseline is None or run.final is None:
+        return None
+    return run, [r for r in on_target if r.group == run.group], files
+
+
+def similarity_correlation(runs: Sequence[RunResult], target: str) -> tuple[str, dict] | None:
+    """The correlation `target`'s concept section reports: (its run's group, `analysis.similarity_vs_drop`
+    of the early-layer similarity to the target with the refusal drop); None when it has no section."""
+    inputs = _section_inputs(runs, target)
+    if inputs is None:
+        return None
+    run, seeds, files = inputs
+    base = ConceptVectors.load(files[0])
+    selected = list(analysis.early_layers(base.vectors.shape[1]))
+    similarity = analysis.similarity_to_target(base.vectors, target)
+    return run.group, _early_correlation(similarity, selected, susceptibility_of(seeds)[0], target)[2]
+
+
+def _early_correlation(similarity, selected: Sequence[int], drop: Mapping[str, float], target: str):
+    """(early-layer similarity, drop tensor, their `similarity_vs_drop`), the target left out of both."""
+    drops = analysis.drop_tensor(dict(drop), exclude=target)
+    early_similarity = similarity[:, selected].mean(dim=1)
+    early_similarity[DOMAINS.index(target)] = float("nan")
+    return early_similarity, drops, analysis.similarity_vs_drop(early_similarity, drops)
 
 
 def susceptibility_of(seeds: Sequence[RunResult]) -> tuple[dict[str, float], str]:
@@ -112,10 +141,7 @@ def concept_section(
     similarity = analysis.similarity_to_target(base.vectors, target)  # (D, L)
     curves_file = plot_similarity_curves(similarity, DOMAINS, target, out_dir / f"{prefix}_similarity.png",
                                          f"Baseline similarity to {name} per layer")
-    drops = analysis.drop_tensor(dict(drop), exclude=target)
-    early_similarity = similarity[:, selected].mean(dim=1)
-    early_similarity[DOMAINS.index(target)] = float("nan")
-    result = analysis.similarity_vs_drop(early_similarity, drops)
+    early_similarity, drops, result = _early_correlation(similarity, selected, drop, target)
     scatter_file = plot_similarity_vs_drop(early_similarity, drops, DOMAINS, out_dir / f"{prefix}_similarity_vs_drop.png",
                                            f"Target {name}: similarity vs refusal drop")
     masked = similarity.clone()

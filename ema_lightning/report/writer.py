@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ema_lightning.domains import DISPLAY_NAMES
+from ema_lightning.report.claims import claims_section
 from ema_lightning.report.figures import plot_bars, plot_refusal_curves
 from ema_lightning.report.tables import (
     audit_section,
@@ -70,5 +71,6 @@ def write_report(path: Path, study: StudyResult) -> Path:
     parts.append(audit_section(runs, study.judge_accuracy))
     parts.append("\n## Sample generations\n")
     parts.append(samples_table(runs))
+    parts.append(claims_section(runs))
     path.write_text("\n".join(parts) + "\n")
     return path
