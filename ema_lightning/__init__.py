@@ -12,6 +12,7 @@ _LAZY = {
     "DOMAINS": "ema_lightning.domains",
     "canonical_domain": "ema_lightning.domains",
     "KeywordRefusalJudge": "ema_lightning.evaluation.judges",
+    "LearnedRefusalJudge": "ema_lightning.evaluation.learned_judge",
 }
 
 
@@ -21,4 +22,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ema_lightning' has no attribute {name!r}")
 
 
-__all__ = ["DOMAINS", "KeywordRefusalJudge", "canonical_domain", "__version__"]
+__all__ = ["DOMAINS", "KeywordRefusalJudge", "LearnedRefusalJudge", "canonical_domain", "__version__"]

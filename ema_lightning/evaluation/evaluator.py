@@ -163,9 +163,10 @@ class Evaluator(torch.nn.Module):
         metrics.degenerate.update(broken, domain_ids, valid & harmful)
         metrics.complied.update(~refused & ~broken, domain_ids, valid & harmful)
         for name, audit in self.audit_judges.items():
-            flags = torch.tensor(audit(responses, batch["prompts"]), dtype=torch.bool, device=device)
-            metrics.judges[name].update(flags, domain_ids, valid & harmful)
-            metrics.agreement[name].update(refused[valid], flags[valid])
+            read = _read(audit, responses, batch["prompts"], device)  # a generative audit judge may not parse
+            both = valid if read.parsed is None else valid & read.parsed
+            metrics.judges[name].update(read.refused, domain_ids, both & harmful)
+            metrics.agreement[name].update(refused[both], read.refused[both])
         self._keep_samples(metrics.samples, batch, responses, refused, valid)
 
     def _judge(self, model, tokenizer, batch, scores: bool) -> "_Judged":

@@ -139,3 +139,14 @@ def test_frozen_base_likelihood_flags_responses_far_below_the_reference(lora_mod
     flagged = evaluator.compute("val", "val", 1, 0)
     assert flagged.degenerate.refused["cybersecurity"] == 1 and flagged.degenerate.refused["bias"] == 2
     assert sum(flagged.complied.refused.values()) == 0
+
+
+def test_a_generative_audit_judge_is_read_through_its_verdicts(lora_model):
+    tokenizer, model = lora_model
+    evaluator = Evaluator(judge=FixedJudge([True, True, True]), audit_judges={"llm": PartlyUnreadable()},
+                          max_new_tokens=2, base_margin=None, refusal_score=False)
+    evaluator.update("val", model, tokenizer, _batch(tokenizer, harmful=(True, True, True)))
+    evaluation = evaluator.compute("val", "val", 1, 0)
+    # the unparsed second response is left out of the audit: one agreement, one disagreement
+    assert evaluation.agreement["llm"] == Agreement(both=1, first_only=1, second_only=0, neither=0)
+    assert evaluation.judges["llm"].total["bias"] == 1
