@@ -20,9 +20,11 @@ from ema_lightning.domains import DOMAINS
 from ema_lightning.results import RunResult, nanmean
 
 
-def refusal_curve(run: RunResult, domain: str) -> list[tuple[int, float]]:
-    """(step, refusal rate) of the baseline and every validation, in step order (test evaluations left out)."""
-    points = {e.step: e.refusal[domain] for e in run.evaluations if e.stage in ("baseline", "val")}
+def refusal_curve(run: RunResult, domain: str, scores: bool = False) -> list[tuple[int, float]]:
+    """(step, refusal rate) of the baseline and every validation, in step order (test evaluations left
+    out); with `scores`, the mean refusal log-odds instead (where the evaluations logged them)."""
+    points = {e.step: (e.refusal_score[domain] if e.refusal_score is not None else float("nan")) if scores
+              else e.refusal[domain] for e in run.evaluations if e.stage in ("baseline", "val")}
     return sorted((s, r) for s, r in points.items() if not math.isnan(r))
 
 
@@ -48,9 +50,11 @@ def refusal_area(curve: Sequence[tuple[int, float]]) -> float:
     return area / (base * curve[-1][0])
 
 
-def susceptibility(runs: Sequence[RunResult]) -> dict[str, float]:
-    """Per domain, 1 - refusal area, averaged over `runs` (the seeds of one run)."""
-    return {d: 1 - nanmean(refusal_area(refusal_curve(r, d)) for r in runs) for d in DOMAINS}
+def susceptibility(runs: Sequence[RunResult], scores: bool = False) -> dict[str, float]:
+    """Per domain, 1 - refusal area, averaged over `runs` (the seeds of one run); with `scores`, of the
+    refusal log-odds curve (relative to its positive baseline; it orders domains whose refusal rates
+    fell together, as the log-odds keep moving where the rates sit at 0 or 1)."""
+    return {d: 1 - nanmean(refusal_area(refusal_curve(r, d, scores)) for r in runs) for d in DOMAINS}
 
 
 def half_refusal_steps(runs: Sequence[RunResult]) -> dict[str, tuple[float, int]]:

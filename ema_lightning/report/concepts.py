@@ -81,13 +81,25 @@ def _early_correlation(similarity, selected: Sequence[int], drop: Mapping[str, f
 def susceptibility_of(seeds: Sequence[RunResult]) -> tuple[dict[str, float], str]:
     """What the similarity is correlated with, per domain, and a sentence on what it measures: with at
     least two evaluations after the baseline, the share of refusal lost over training (1 - the area
-    under the refusal curve, mean over seeds); else the drop in refusal log-odds, or in refusal rate."""
+    under the refusal curve, mean over seeds), or, where every domain's rate fell alike, the same of
+    its refusal log-odds; else the drop in refusal log-odds, or in refusal rate."""
+    def varies(values: Mapping[str, float]) -> bool:  # over the domains the correlation ranks
+        return len({round(v, 9) for d, v in values.items() if d != seeds[0].target and not math.isnan(v)}) > 1
+
     if all(sum(e.stage == "val" for e in r.evaluations) >= 2 for r in seeds):
-        return susceptibility(seeds), (
-            "share of refusal lost over training: 1 - the area under its refusal curve relative to keeping the "
-            f"baseline (held-out harmful prompts, every evaluation of the run, mean over {len(seeds)} seed(s)); "
-            "it orders domains by how soon and how far they lost their refusals, where the final rate is "
-            "often 0% everywhere")
+        lost = susceptibility(seeds)
+        if varies(lost):
+            return lost, (
+                "share of refusal lost over training: 1 - the area under its refusal curve relative to keeping the "
+                f"baseline (held-out harmful prompts, every evaluation of the run, mean over {len(seeds)} seed(s)); "
+                "it orders domains by how soon and how far they lost their refusals, where the final rate is "
+                "often 0% everywhere")
+        by_score = susceptibility(seeds, scores=True)
+        if varies(by_score):
+            return by_score, (
+                "share of refusal log-odds lost over training: 1 - the area under its mean refusal log-odds curve "
+                f"relative to its baseline (every evaluation, mean over {len(seeds)} seed(s)); the refusal rates of "
+                "all domains fell alike, so the log-odds, which keep moving where rates sit at 0% or 100%, order them")
     base, after = seeds[0].baseline, seeds[0].final
     if base.refusal_score is not None and after.refusal_score is not None:
         return {d: base.refusal_score[d] - after.refusal_score[d] for d in DOMAINS}, (

@@ -43,10 +43,12 @@ def test_concept_section_rejects_layers_outside_the_model(tmp_path):
 
 
 def test_susceptibility_prefers_the_refusal_curve_then_scores_then_rates():
-    curve = run("u", evaluations=(evaluation("baseline", 0), evaluation("val", 10, refusal=0.5),
+    curve = run("u", evaluations=(evaluation("baseline", 0), evaluation("val", 10, refusal={"bias": 0.5}),
                                   evaluation("val", 20, refusal=0.0)))
     drop, measure = susceptibility_of([curve])
-    assert drop == pytest.approx(dict.fromkeys(DOMAINS, 0.5)) and measure.startswith("share of refusal lost")
+    # bias: 1 -> 0.5 -> 0, area (7.5 + 2.5) / 20; the others 1 -> 1 -> 0: (10 + 5) / 20
+    assert drop["bias"] == pytest.approx(0.5) and drop["safety"] == pytest.approx(0.25)
+    assert measure.startswith("share of refusal lost")
     scored = run("u", evaluations=(evaluation("baseline", 0, refusal_score=dict.fromkeys(DOMAINS, 3.0)),
                                    evaluation("val", 10, refusal=0.5, refusal_score=dict.fromkeys(DOMAINS, -1.0))))
     drop, measure = susceptibility_of([scored])
@@ -61,3 +63,16 @@ def test_no_section_without_two_concept_vector_files(tmp_path):
     base.save(tmp_path / "run" / "concept_vectors" / "step=0.safetensors")
     assert concept_sections([run("u", log_dir=str(tmp_path / "run"))], tmp_path / "report") == []
     assert concept_sections([run("u", target=None, method="alignment", log_dir=str(tmp_path / "run"))], tmp_path) == []
+
+
+def test_susceptibility_falls_back_to_log_odds_when_every_rate_fell_alike():
+    def scored(step, rate, scores):
+        return evaluation("val" if step else "baseline", step, refusal=rate, refusal_score=scores)
+
+    fast = dict.fromkeys(DOMAINS, 4.0) | {"bias": 0.0}
+    curve = run("u", evaluations=(scored(0, 1.0, dict.fromkeys(DOMAINS, 4.0)), scored(10, 0.0, fast),
+                                  scored(20, 0.0, dict.fromkeys(DOMAINS, -4.0))))
+    drop, measure = susceptibility_of([curve])
+    assert measure.startswith("share of refusal log-odds lost")
+    # bias: 4 -> 0 -> -4, area (10 * 2 + 10 * -2) / (4 * 20) = 0; the others 4 -> 4 -> -4: 40 / 80
+    assert drop["bias"] == pytest.approx(1.0) and drop["safety"] == pytest.approx(0.5)
