@@ -7,8 +7,8 @@ from pathlib import Path
 from ema_lightning.domains import DISPLAY_NAMES
 from ema_lightning.report.claims import claims_section
 from ema_lightning.report.figures import plot_bars, plot_refusal_curves
+from ema_lightning.report.audit import audit_section, susceptibility_section
 from ema_lightning.report.tables import (
-    audit_section,
     base_section,
     ema_tables,
     first_seeds,
@@ -18,7 +18,6 @@ from ema_lightning.report.tables import (
     rates,
     run_groups,
     samples_table,
-    susceptibility_section,
     timings_table,
 )
 from ema_lightning.results import StudyResult

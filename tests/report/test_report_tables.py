@@ -1,4 +1,4 @@
-"""The report's Markdown tables, line by line, on hand-built results."""
+"""The report's Markdown tables (EMA tables, base, timings, samples, judge audit), line by line, on hand-built results."""
 
 import math
 
@@ -148,7 +148,7 @@ def test_audit_section_reports_kappa_per_run_and_accuracy_per_labelled_set():
 
     from report_builders import domain_rates
 
-    from ema_lightning.report.tables import audit_section
+    from ema_lightning.report.audit import audit_section
     from ema_lightning.results import Agreement
 
     final = replace(evaluation("val", 10, refusal=0.5), degenerate=domain_rates(0.0),
