@@ -102,6 +102,16 @@ def test_callback_writes_every_checkpoint_step_and_tensorboard(tmp_path):
     assert height > 100 and width > 100
 
 
+def test_callback_without_images_logs_the_scalars_only(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    fit(tmp_path, ConceptVectorCallback(batch_size=8, max_prompts_per_domain=2, images=False), logger=logger)
+    events = EventAccumulator(str(logger.log_dir), size_guidance={"images": 0, "scalars": 0}).Reload()
+    assert events.Tags()["images"] == []
+    assert "concepts/drift/privacy" in events.Tags()["scalars"]
+
+
 def test_callback_without_logger_or_checkpoints_writes_baseline_and_final(tmp_path):
     callback = ConceptVectorCallback(batch_size=16, position="mean")
     fit(tmp_path, callback, logger=False, enable_checkpointing=False)
