@@ -215,10 +215,13 @@ def _base_tables(evaluations: Sequence[Evaluation]) -> str:
     columns = [("as shipped" if e.stage == "baseline" else f"aligned (step {e.step})", e) for e in evaluations]
     if len(columns) > 2:
         columns = [columns[0], columns[-1]] if columns[0][0] == "as shipped" else [columns[-1]]
-    header = " | ".join(f"{label}: {what}" for label, _ in columns for what in ("refusal", "over-refusal"))
-    lines = ["\n## The aligned base (stage 1)\n", f"| domain | {header} |", "|---|" + "---:|" * (2 * len(columns))]
+    kinds = [("refusal", "refusal"), ("over-refusal", "over_refusal")]
+    if all(e.degenerate is not None for _, e in columns):
+        kinds.append(("degenerate", "degenerate"))
+    header = " | ".join(f"{label}: {what}" for label, _ in columns for what, _ in kinds)
+    lines = ["\n## The aligned base (stage 1)\n", f"| domain | {header} |", "|---|" + "---:|" * (len(kinds) * len(columns))]
     for d in DOMAINS:
-        cells = [rate_cell(e.refusal, d) + " | " + rate_cell(e.over_refusal, d) for _, e in columns]
+        cells = [rate_cell(getattr(e, field), d) for _, e in columns for _, field in kinds]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     if any(e.has_external for _, e in columns):
         lines += ["\nOn external prompts:\n", "| domain | " + " | ".join(f"{label}: refusal" for label, _ in columns) + " |",
