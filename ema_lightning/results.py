@@ -64,7 +64,17 @@ def ema_score_interval(baseline: "DomainRates", current: "DomainRates | Sequence
     domains = [d for d in DOMAINS if d != target and baseline.total[d] and all(c.total[d] for c in currents)]
     if not domains or not currents:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
+    scores = ema_score_draws(baseline, currents, domains, np.random.default_rng(seed), draws)
+    tail = (1 - level) / 2
+    return float(np.quantile(scores, tail)), float(np.quantile(scores, 1 - tail))
+
+
+def ema_score_draws(baseline: "DomainRates", currents: "Sequence[DomainRates]", domains: Sequence[str], rng,
+                    draws: int = 4000):
+    """(draws,) bootstrap draws of the mean drop over `domains`: the seeds (`currents`) resampled with
+    replacement, then every count redrawn from a binomial with its measured rate and prompt count."""
+    import numpy as np
+
     picks = rng.integers(0, len(currents), draws) if len(currents) > 1 else np.zeros(draws, dtype=int)
     drops = []
     for d in domains:
@@ -73,9 +83,7 @@ def ema_score_interval(baseline: "DomainRates", current: "DomainRates | Sequence
         n_c = np.array([c.total[d] for c in currents])[picks]
         p_c = np.array([c.refused[d] / c.total[d] for c in currents])[picks]
         drops.append(before - rng.binomial(n_c, p_c) / n_c)
-    scores = np.mean(drops, axis=0)
-    tail = (1 - level) / 2
-    return float(np.quantile(scores, tail)), float(np.quantile(scores, 1 - tail))
+    return np.mean(drops, axis=0)
 
 
 @dataclass(frozen=True)

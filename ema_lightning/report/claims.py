@@ -18,6 +18,7 @@ from ema_lightning.results import (
     DomainRates,
     Evaluation,
     RunResult,
+    ema_score_draws,
     ema_score_interval,
     wilson_interval,
 )
@@ -103,17 +104,8 @@ def _spread(runs: Sequence[RunResult]) -> str:
 
 
 def _draws(base: DomainRates, currents: Sequence[DomainRates], domains: Sequence[str], rng) -> np.ndarray:
-    """Bootstrap draws of the mean drop over `domains`, resampled like `ema_score_interval`: the seeds with
-    replacement, then every count from a binomial with its measured rate and prompt count."""
-    picks = rng.integers(0, len(currents), DRAWS)
-    drops = []
-    for d in domains:
-        n_b = base.total[d]
-        before = rng.binomial(n_b, base.refused[d] / n_b, DRAWS) / n_b
-        n_c = np.array([c.total[d] for c in currents])[picks]
-        p_c = np.array([c.refused[d] / c.total[d] for c in currents])[picks]
-        drops.append(before - rng.binomial(n_c, p_c) / n_c)
-    return np.mean(drops, axis=0)
+    """Bootstrap draws of the mean drop over `domains`, resampled as `ema_score_interval` does."""
+    return ema_score_draws(base, currents, domains, rng, DRAWS)
 
 
 def _difference(safety, cyber, domains_of) -> tuple[float, float, float]:
