@@ -55,10 +55,9 @@ def test_second_run_reuses_the_baseline_evaluation_and_concept_vectors(base, tmp
     monkeypatch.undo()
     assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["concepts", "evaluation"]
     second = _fit(base, cache, tmp_path / "logs", second_calls, monkeypatch)
-    # run 1: the baseline and the evaluations after steps 1 and 2 (the EvalSchedule), vectors at steps 0
-    # and 2; run 2 measures the two evaluations only, and the final vectors
-    per_evaluation = second_calls["generate"] / 2
-    assert per_evaluation >= 1 and first_calls["generate"] == 3 * per_evaluation
+    # run 1: the baseline and the final evaluation (the EvalSchedule's last step), vectors at steps 0 and
+    # 2; run 2 measures the final evaluation only, and the final vectors
+    assert first_calls["generate"] == 2 * second_calls["generate"] and second_calls["generate"] > 0
     assert first_calls["concepts"] == 2 and second_calls["concepts"] == 1
     assert first.model.evaluations[0] == second.model.evaluations[0] and first.model.evaluations[0].stage == "baseline"
     assert second.model.baseline == first.model.baseline
