@@ -6,6 +6,8 @@ device mesh (Lightning's ModelParallelStrategy); `full_state_dict` gathers shard
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -42,6 +44,19 @@ def is_sharded(model: torch.nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """`model` in eval mode for the block; afterwards every module is back in its own mode (a LoRA
+    model in training keeps its frozen base's eval-mode modules as they were)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def inference_context(model: torch.nn.Module):

@@ -15,7 +15,7 @@ import torch
 
 from ema_lightning.data.collate import prompt_batches
 from ema_lightning.data.samplers import strided_shard
-from ema_lightning.distributed import inference_context
+from ema_lightning.distributed import eval_mode, inference_context
 
 POSITIONS = ("last", "mean")
 """`last`: the last prompt token (the post-instruction position, left padding); `mean`: mean over prompt tokens."""
@@ -63,7 +63,7 @@ def _capture_local(model, tokenizer, prompts, positions, batch_size, system_prom
     if _accepts_logits_to_keep(model):
         forward_kwargs["logits_to_keep"] = 1  # skip the (T, vocab) logits we do not need
     out: dict[str, list[torch.Tensor]] = {p: [] for p in positions}
-    with _eval_mode(model), _adapters_enabled(model, adapters), inference_context(model):
+    with eval_mode(model), _adapters_enabled(model, adapters), inference_context(model):
         # In prompt order (rows come back in order); left padded, so the last column is every prompt's last token.
         for _, enc in prompt_batches(tokenizer, prompts, batch_size, system_prompt, by_length=False):
             input_ids = enc["input_ids"].to(device)
@@ -127,17 +127,6 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
         return "logits_to_keep" in inspect.signature(inner.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import torch
 
 from ema_lightning.domains import DOMAINS
 from ema_lightning.evaluation.coherence import DegenerateDetector
-from ema_lightning.distributed import inference_context
+from ema_lightning.distributed import eval_mode, inference_context
 from ema_lightning.evaluation.generation import generate, stop_token_ids
 from ema_lightning.evaluation.judges import (
     KeywordRefusalJudge,
@@ -24,6 +24,7 @@ from ema_lightning.evaluation.judges import (
     SubstringRefusalJudge,
 )
 from ema_lightning.evaluation.metrics import AgreementCounts, DomainMean
+from ema_lightning.objectives import IGNORE_INDEX, sequence_log_probs
 from ema_lightning.results import Agreement, DomainRates, Evaluation, Sample
 
 
@@ -203,21 +204,15 @@ class Evaluator(torch.nn.Module):
         new = sequences[:, prompt:]
         if new.shape[1] == 0:
             return None
-        stops = torch.tensor(stop_token_ids(tokenizer, model), device=new.device)
-        ended = torch.isin(new, stops).long().cumsum(1)
-        keep = (ended - torch.isin(new, stops).long()) == 0  # every token up to and including the first stop
+        stop = torch.isin(new, torch.tensor(stop_token_ids(tokenizer, model), device=new.device)).long()
+        keep = stop.cumsum(1) - stop == 0  # every token up to and including the first stop
         mask = torch.cat([batch["attention_mask"].to(new.device)[rows], keep.long()], dim=1)
-        was_training = model.training
-        model.eval()
-        try:
-            with inference_context(model), model.disable_adapter():
-                positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generation numbers left-padded rows
-                logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions, use_cache=False).logits
-        finally:
-            model.train(was_training)
-        logp = torch.log_softmax(logits[:, prompt - 1:-1].float(), dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        keep = keep.to(logp.dtype)
-        return (logp * keep).sum(1) / keep.sum(1).clamp(min=1)
+        with eval_mode(model), inference_context(model), model.disable_adapter():
+            positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generation numbers left-padded rows
+            logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        labels = torch.full_like(sequences, IGNORE_INDEX)
+        labels[:, prompt:] = new.masked_fill(~keep, IGNORE_INDEX)
+        return sequence_log_probs(logits, labels, reduction="mean")
 
     @staticmethod
     def _prepared(judge: LogitRefusalJudge, tokenizer) -> LogitRefusalJudge:

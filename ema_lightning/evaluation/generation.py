@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ema_lightning.distributed import inference_context
+from ema_lightning.distributed import eval_mode, inference_context
 
 # end-of-turn tokens of common chat templates, used as extra stop tokens when the tokenizer has them
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
@@ -68,13 +68,8 @@ def generate(
         pad_token_id=pad, eos_token_id=eos or None, temperature=None, top_p=None, top_k=None,
     )
     options.update(kwargs)
-    was_training = model.training
-    model.eval()
-    try:
-        with inference_context(model), _first_logits_hook(model, first_logits):
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), inference_context(model), _first_logits_hook(model, first_logits):
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
     if sequences is not None:
         sequences.append(output)
     new_tokens = output[:, input_ids.shape[1]:]

@@ -36,7 +36,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import torch
 
 from ema_lightning.data.builtin import REFUSAL_OPENERS
-from ema_lightning.distributed import inference_context
+from ema_lightning.distributed import eval_mode, inference_context
 
 
 @runtime_checkable
@@ -427,19 +427,14 @@ class LogitRefusalJudge:
         """(B, V) float next-token logits at the last prompt position: one forward, LM head there only."""
         if not bool(attention_mask[:, -1].all()):
             raise ValueError("LogitRefusalJudge: prompts must be left padded (attention_mask[:, -1] must be all 1)")
-        was_training = model.training
-        model.eval()
-        try:
-            with inference_context(model):
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-                try:  # only the last position's logits are needed: skip the LM head elsewhere where supported
-                    output = model(**inputs, logits_to_keep=1)
-                except TypeError:
-                    output = model(**inputs)
-                return output.logits[:, -1, :].float()
-        finally:
-            model.train(was_training)
+        with eval_mode(model), inference_context(model):
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            try:  # only the last position's logits are needed: skip the LM head elsewhere where supported
+                output = model(**inputs, logits_to_keep=1)
+            except TypeError:
+                output = model(**inputs)
+            return output.logits[:, -1, :].float()
 
     def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
         """(B,) refusal log-odds from (B, V) next-token logits at the first response position
