@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS
-from ema_lightning.report.tables import group_runs, pooled, run_groups
+from ema_lightning.report.tables import group_runs, interval_cell, pooled, run_groups
 from ema_lightning.results import (
     DomainRates,
     Evaluation,
@@ -173,8 +173,8 @@ def _containment(runs: Sequence[RunResult]) -> str:
             verdict = "supported"
         else:
             verdict = "partly: restored, but the target's refusal is not below the base's"
-        lines.append(f"| {_label(target, method)} | {' / '.join(_rate(s) for s in shares)} | {_interval(score, low, high)} "
-                     f"| {_rate(target_base)} / {_rate(target_after)} | {verdict} |")
+        lines.append(f"| {_label(target, method)} | {' / '.join(interval_cell(*s) for s in shares)} | {_interval(score, low, high)} "
+                     f"| {interval_cell(*target_base)} / {interval_cell(*target_after)} | {verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -184,11 +184,6 @@ def _overlap(a: tuple[float, float, float], b: tuple[float, float, float]) -> bo
 
 def _number(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
-
-
-def _rate(share: tuple[float, float, float]) -> str:
-    rate, low, high = share
-    return f"{rate:.0%} [{100 * low:.0f}-{100 * high:.0f}]"
 
 
 def _similarity(runs: Sequence[RunResult]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
@@ -24,12 +25,17 @@ def pct(value: Optional[float]) -> str:
     return f"{100 * value:.0f}%"
 
 
-def rate_cell(counts: Optional[DomainRates], domain: str) -> str:
+def interval_cell(rate: float, low: float, high: float, sd: Optional[float] = None) -> str:
+    """`95% [76-99]`: a rate and its 95% interval in whole percent; `95% ±4 [76-99]` with a spread."""
+    spread = "" if sd is None else f" ±{100 * sd:.0f}"
+    return f"{pct(rate)}{spread} [{100 * low:.0f}-{100 * high:.0f}]"
+
+
+def rate_cell(counts: Optional[DomainRates], domain: str, sd: Optional[float] = None) -> str:
     """`95% [76-99]`: the rate and its 95% Wilson interval; `n/a` when it was not measured."""
     if counts is None or counts.total[domain] == 0:
         return "n/a"
-    low, high = counts.interval(domain)
-    return f"{pct(counts[domain])} [{100 * low:.0f}-{100 * high:.0f}]"
+    return interval_cell(counts[domain], *counts.interval(domain), sd=sd)
 
 
 def overall_cell(counts: Optional[DomainRates]) -> str:
@@ -39,8 +45,7 @@ def overall_cell(counts: Optional[DomainRates]) -> str:
     refused, total = sum(counts.refused.values()), sum(counts.total.values())
     if not total:
         return "n/a"
-    low, high = wilson_interval(refused, total)
-    return f"{pct(refused / total)} [{100 * low:.0f}-{100 * high:.0f}]"
+    return interval_cell(refused / total, *wilson_interval(refused, total))
 
 
 def within_noise(base: Optional[DomainRates], after: Optional[DomainRates]) -> list[str]:
@@ -116,14 +121,9 @@ def pooled(evaluations: Sequence[Optional[Evaluation]], what: str = "refusal") -
 def seed_cell(evaluations: Sequence[Optional[Evaluation]], domain: str, what: str = "refusal") -> str:
     """`rate [low-high]` of the pooled counts; with several seeds `rate ±sd [low-high]`, sd over the seeds."""
     counts = pooled(evaluations, what)
-    cell = rate_cell(counts, domain)
-    if counts is None or len(evaluations) < 2 or cell == "n/a":
-        return cell
-    values = [getattr(e, what)[domain] for e in evaluations]
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    rate, interval = cell.split(" ", 1)
-    return f"{rate} ±{100 * sd:.0f} {interval}"
+    if counts is None or counts.total[domain] == 0 or len(evaluations) < 2:
+        return rate_cell(counts, domain)
+    return rate_cell(counts, domain, sd=statistics.stdev(getattr(e, what)[domain] for e in evaluations))
 
 
 def _label(kind: str, group: list[RunResult]) -> str:
