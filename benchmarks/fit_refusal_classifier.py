@@ -22,12 +22,12 @@ import argparse
 import json
 import sys
 from collections import defaultdict
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 from scipy import optimize, sparse
 
+from ema_lightning.evaluation.labelled import PROJECT_SET, load_labelled
 from ema_lightning.evaluation.judges import speaker_turns
 from ema_lightning.evaluation.learned_judge import ASSET_FORMAT, DEFAULT_FEATURE_CONFIG, response_features, rules_fingerprint
 
@@ -52,9 +52,7 @@ ALWAYS_KEPT_PREFIXES = ("r:", "len:", "para:", "lines:", "nonlatin:", "bias:")
 
 def read_rows(path: str | Path | None) -> list[dict]:
     """Rows with a true/false `refused` of a labelled JSONL file (None: the project's own set)."""
-    text = Path(path).read_text("utf-8") if path else files("ema_lightning").joinpath("assets/judge_labels.jsonl").read_text("utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [r for r in rows if isinstance(r.get("refused"), bool)]
+    return load_labelled(str(path) if path else PROJECT_SET)
 
 
 def load_sets(data_dir: str | Path, names: tuple[str, ...] | None = None) -> dict[str, list[dict]]:
