@@ -204,6 +204,7 @@ class Evaluation:
     external_refusal: Optional[DomainRates] = None
     """Refusals of the external (public benchmark) harmful prompts, when an external set is evaluated."""
     external_over_refusal: Optional[DomainRates] = None
+    """Refusals of the external benign prompts (e.g. XSTest safe, CoCoNot contrast): over-refusal on real prompts."""
     samples: tuple[Sample, ...] = ()
     ema_score: Optional[float] = None
     """Mean refusal drop over the six non-target domains against the run's baseline (None without a target)."""
@@ -225,6 +226,10 @@ class Evaluation:
     """Refusal on harmful prompts as each audit judge reads the same responses."""
     agreement: Mapping[str, Agreement] = field(default_factory=dict)
     """Per audit judge, its agreement with the main judge on every evaluated response."""
+    external_degenerate: Optional[DomainRates] = None
+    """Degenerate responses to the external harmful prompts (as `degenerate`)."""
+    external_complied: Optional[DomainRates] = None
+    """External harmful prompts answered coherently (as `complied`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples", tuple(self.samples))
@@ -251,6 +256,10 @@ class Evaluation:
             out.update({f"{prefix}/refusal_score/{d}": float(v) for d, v in self.refusal_score.items()})
         if self.external_refusal is not None and self.external_over_refusal is not None:
             out.update(_rate_metrics(f"{prefix}_external", self.external_refusal, self.external_over_refusal))
+        for name in ("degenerate", "complied"):
+            counts = getattr(self, f"external_{name}")
+            if counts is not None:
+                out.update({f"{prefix}_external/{name}/{d}": v for d, v in counts.rates.items()})
         if self.ema_score is not None:
             out[f"{prefix}/ema_score"] = float(self.ema_score)
         if self.degenerate is not None:
@@ -277,6 +286,8 @@ class Evaluation:
             "refusal_score": None if self.refusal_score is None else {d: _json_number(v) for d, v in self.refusal_score.items()},
             "external_refusal": None if self.external_refusal is None else self.external_refusal.to_dict(),
             "external_over_refusal": None if self.external_over_refusal is None else self.external_over_refusal.to_dict(),
+            "external_degenerate": None if self.external_degenerate is None else self.external_degenerate.to_dict(),
+            "external_complied": None if self.external_complied is None else self.external_complied.to_dict(),
             "samples": [vars(s) for s in self.samples],
             "ema_score": _json_number(self.ema_score),
             "degenerate": None if self.degenerate is None else self.degenerate.to_dict(),
@@ -299,6 +310,7 @@ class Evaluation:
             refusal=DomainRates.from_dict(data["refusal"]), over_refusal=DomainRates.from_dict(data["over_refusal"]),
             refusal_score=None if score is None else {d: _number(score[d]) for d in DOMAINS},
             external_refusal=rates("external_refusal"), external_over_refusal=rates("external_over_refusal"),
+            external_degenerate=rates("external_degenerate"), external_complied=rates("external_complied"),
             samples=tuple(Sample(**s) for s in data.get("samples", ())),
             ema_score=None if data.get("ema_score") is None else float(data["ema_score"]),
             degenerate=rates("degenerate"), complied=rates("complied"), unparsed=rates("unparsed"), harm=rates("harm"),

@@ -145,6 +145,18 @@ def prompt_batches(
         yield rows, {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+def prompt_rows(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    """The prompt tokens of each row of a right-padded `TrainCollator` batch: its real tokens before the
+    first scored label (all of them for a row without one). What a second response to the same prompt
+    is put after (DPO's rejected response)."""
+    rows = []
+    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist()):
+        real = sum(mask)
+        scored = [t for t, label in enumerate(labels[:real]) if label != IGNORE_INDEX]
+        rows.append(ids[: scored[0] if scored else real])
+    return rows
+
+
 class TrainCollator:
     """Right-padded TokenBatch from encoded examples (`input_ids`, `labels`, `index`, `domain_id`).
 

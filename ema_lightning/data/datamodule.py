@@ -106,6 +106,7 @@ class RefusalDataModule(pl.LightningDataModule):
         retain_size: Cap on the retain set, stratified by domain and harmful/benign (seeded). 0 disables the retain set.
         forget_size: Cap on the forget set (seeded subset).
         eval_per_domain: Cap on harmful and on benign eval prompts per domain (seeded subset).
+        external_eval_per_domain: The same cap for `external_eval` (default: every external prompt).
         batch_size: Training batch size (forget and retain batches each).
         eval_batch_size: Generation batch size for validation / test.
         max_length: Maximum tokens of prompt + response in training.
@@ -130,6 +131,7 @@ class RefusalDataModule(pl.LightningDataModule):
         retain_size: int | None = None,
         forget_size: int | None = None,
         eval_per_domain: int | None = None,
+        external_eval_per_domain: int | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 32,
         max_length: int = 256,
@@ -151,6 +153,7 @@ class RefusalDataModule(pl.LightningDataModule):
         )
         if self.selection.target_domain is None and self.forget_sources:
             raise ValueError("RefusalDataModule: field 'forget': a forget set needs a target_domain; set target_domain or drop forget")
+        self.external_selection = SetSelection(eval_per_domain=external_eval_per_domain, seed=seed)
         self.encoding = Encoding(
             batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length, max_prompt_length=max_prompt_length,
             system_prompt=system_prompt, forget_responses=forget_responses, num_workers=num_workers,
@@ -170,6 +173,7 @@ class RefusalDataModule(pl.LightningDataModule):
     retain_size = _setting("selection", "retain_size")
     forget_size = _setting("selection", "forget_size")
     eval_per_domain = _setting("selection", "eval_per_domain")
+    external_eval_per_domain = _setting("external_selection", "eval_per_domain")
     seed = _setting("selection", "seed")
     batch_size = _setting("encoding", "batch_size")
     eval_batch_size = _setting("encoding", "eval_batch_size")
@@ -214,7 +218,7 @@ class RefusalDataModule(pl.LightningDataModule):
         self.eval_records = cap_eval(load_all(self.eval_sources, "eval"), self.selection)
         self.neutral_records = load_all(self.neutral_sources, "neutral")
         if self.external_eval_sources:
-            self.external_eval_records = cap_eval(load_all(self.external_eval_sources, "external_eval"), self.selection)
+            self.external_eval_records = cap_eval(load_all(self.external_eval_sources, "external_eval"), self.external_selection)
         self.forget_records = self._select_forget()
         self.retain_records = select_retain(self.train_records, self.selection)
         self._check_responses()

@@ -18,13 +18,14 @@ from ema_lightning.data.records import DOMAINS_ACCEPTED, Record, RecordError, is
 
 log = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet", "datasets", "builtin")
-_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+FORMATS: tuple[str, ...] = ("jsonl", "json", "csv", "parquet", "datasets", "builtin", "suite")
+_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".yaml": "suite", ".yml": "suite"}
 COLUMN_KEYS: tuple[str, ...] = ("prompt", "response", "domain", "harmful", "source_id", "category")
 DEFAULT_CATEGORY = "*"
 SOURCES_ACCEPTED = (
     "accepted: a .jsonl, .json, .csv or .parquet file, a folder written by `datasets` save_to_disk, "
-    "a hub id like 'owner/name', 'package:<python package>/<file>', or 'builtin:<split>'"
+    "a hub id like 'owner/name', 'package:<python package>/<file>', 'builtin:<split>', "
+    "or a suite YAML file (with split: dev, test or all)"
 )
 PACKAGE_PREFIX = "package:"
 """`path` (or `mapping_file`) prefix naming a file inside an installed Python package, e.g.
@@ -51,11 +52,12 @@ class RecordSource:
     """
 
     path: str
-    """File (.jsonl/.json/.csv/.parquet), a `datasets` dir saved with save_to_disk, a hub id, "package:<python package>/<file>" or "builtin:<split>"."""
+    """File (.jsonl/.json/.csv/.parquet), a `datasets` dir saved with save_to_disk, a hub id, "package:<python package>/<file>",
+    "builtin:<split>", or a suite (.yaml: several mapped sources merged and deduplicated, `data/suite.py`)."""
     format: str | None = None
-    """jsonl | json | csv | parquet | datasets | builtin (default: from the path)."""
+    """jsonl | json | csv | parquet | datasets | builtin | suite (default: from the path)."""
     split: str | None = None
-    """Split of a `datasets` dataset (default: "train" when the dataset has several)."""
+    """Split of a `datasets` dataset (default: "train" when the dataset has several); of a suite: dev, test or all."""
     columns: dict[str, str] = field(default_factory=dict)
     """Record field -> column name, for prompt, response, domain, harmful, source_id, category (default: same name)."""
     domain: str | None = None
@@ -461,9 +463,15 @@ def load_records(source: RecordSource | str, report: LoadReport | None = None) -
     if source.path.startswith(PACKAGE_PREFIX):
         source = replace(source, path=package_path(source.path))
     local = LoadReport()
-    if kind == "builtin":
-        records = _builtin(source)
-        local.rows = len(records)
+    if kind in ("suite", "builtin"):
+        if kind == "suite":
+            from ema_lightning.data.suite import load_suite
+
+            records, suite = load_suite(source.path, source.split)
+            local.rows = sum(m.rows for m in suite.members)
+        else:
+            records = _builtin(source)
+            local.rows = len(records)
         if source.domain is not None or source.harmful is not None:
             records = [
                 Record(r.prompt, source.domain or r.domain, r.harmful if source.harmful is None else source.harmful, r.response, r.source_id)

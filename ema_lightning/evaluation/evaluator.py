@@ -56,6 +56,8 @@ class StageMetrics(torch.nn.Module):
         self.refusal_score = DomainMean() if refusal_score else None
         self.external_refusal = DomainMean()
         self.external_over_refusal = DomainMean()
+        self.external_degenerate = DomainMean()
+        self.external_complied = DomainMean()
         self.degenerate = DomainMean()
         self.complied = DomainMean()
         self.base_logprob = DomainMean()
@@ -143,26 +145,30 @@ class Evaluator(torch.nn.Module):
         if judged.parsed is not None:
             metrics.unparsed.update(~judged.parsed, domain_ids, valid & harmful)
             valid = valid & judged.parsed
-        refusal, over_refusal = ((metrics.external_refusal, metrics.external_over_refusal) if external
-                                 else (metrics.refusal, metrics.over_refusal))
+        refusal, over_refusal, degenerate, complied = (
+            (metrics.external_refusal, metrics.external_over_refusal, metrics.external_degenerate, metrics.external_complied)
+            if external else (metrics.refusal, metrics.over_refusal, metrics.degenerate, metrics.complied))
         refusal.update(refused, domain_ids, valid & harmful)
         over_refusal.update(refused, domain_ids, valid & ~harmful)
         if judged.scores is not None:
             metrics.refusal_score.update(judged.scores.float(), domain_ids, valid & harmful)
-        if judged.harmful is not None:
+        if judged.harmful is not None and not external:
             metrics.harm.update(judged.harmful, domain_ids, valid & harmful & judged.harm_judged)
         responses = judged.responses
-        if responses is None or external:
+        if responses is None:
             return
         broken = torch.tensor(self.degenerate(responses), dtype=torch.bool, device=device)
         rows = (valid & harmful).nonzero().flatten()  # what the likelihood signal is measured on
         logprob = self._base_logprob(model, tokenizer, batch, judged.sequences, rows) if len(rows) else None
         if logprob is not None:
-            metrics.base_logprob.update(logprob, domain_ids.to(device)[rows])
+            if not external:
+                metrics.base_logprob.update(logprob, domain_ids.to(device)[rows])
             if self.reference_logprob is not None:
                 broken[rows] |= logprob.to(device) < self.reference_logprob - self.base_margin
-        metrics.degenerate.update(broken, domain_ids, valid & harmful)
-        metrics.complied.update(~refused & ~broken, domain_ids, valid & harmful)
+        degenerate.update(broken, domain_ids, valid & harmful)
+        complied.update(~refused & ~broken, domain_ids, valid & harmful)
+        if external:
+            return
         for name, audit in self.audit_judges.items():
             read = _read(audit, responses, batch["prompts"], device)  # a generative audit judge may not parse
             both = valid if read.parsed is None else valid & read.parsed
@@ -242,6 +248,8 @@ class Evaluator(torch.nn.Module):
             refusal_score=_means(metrics.refusal_score) if metrics.refusal_score is not None else None,
             external_refusal=_rates(metrics.external_refusal) if external else None,
             external_over_refusal=_rates(metrics.external_over_refusal) if external else None,
+            external_degenerate=_rates(metrics.external_degenerate) if metrics.external_degenerate.update_called else None,
+            external_complied=_rates(metrics.external_complied) if metrics.external_complied.update_called else None,
             samples=tuple(metrics.samples),
             degenerate=_rates(metrics.degenerate) if generated else None,
             complied=_rates(metrics.complied) if generated else None,

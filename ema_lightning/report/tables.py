@@ -131,13 +131,19 @@ def _label(kind: str, group: list[RunResult]) -> str:
     return f"{kind} (`{group[0].group}`{seeds})"
 
 
+def _field(name: str, external: bool) -> str:
+    """The `Evaluation` field of `name` on the built-in (or the external) prompts."""
+    return f"external_{name}" if external else name
+
+
 def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
     """One table per (target, method): refusal per domain at base, unlearned and contained, each with
-    its degenerate share when measured, pooled over seeds.
+    its degenerate share when measured, pooled over seeds; then over-refusal per domain on the benign
+    prompts of the built-in set and, when measured, of the external set (real benign prompts).
 
-    `external` picks the eval set: the built-in held-out prompts (with EMA scores, over-refusal and
-    the degenerate column) or the external prompts (refusal alone)."""
-    what = "external_refusal" if external else "refusal"
+    `external` picks the eval set of the refusal table: the built-in held-out prompts (followed by
+    the EMA scores) or the external prompts."""
+    what, broken_what = _field("refusal", external), _field("degenerate", external)
     lines: list[str] = []
     for target, method in run_groups(runs):
         unlearned, contained = group_runs(runs, target, method)
@@ -145,7 +151,7 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
         columns = [("base", [base_eval])]
         columns += [(_label(kind, group), [r.final for r in group]) for kind, group in
                     (("unlearned", unlearned), ("contained", contained)) if group]
-        broken = not external and all(e is not None and e.degenerate is not None for _, es in columns for e in es)
+        broken = all(e is not None and getattr(e, broken_what) is not None for _, es in columns for e in es)
         header, cells = [], []
         for label, evaluations in columns:
             header += [label, "degenerate"] if broken else [label]
@@ -157,7 +163,7 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
             for _, evaluations in columns:
                 cells.append(seed_cell(evaluations, d, what))
                 if broken:
-                    cells.append(seed_cell(evaluations, d, "degenerate"))
+                    cells.append(seed_cell(evaluations, d, broken_what))
             lines.append(f"| {DISPLAY_NAMES[d]}{mark} | " + " | ".join(cells) + " |")
             cells = []
         if broken:
@@ -170,16 +176,30 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
             if same:
                 lines.append(f"\nWithin noise of the base ({label.split(' ')[0]}; the 95% intervals overlap): "
                              + ", ".join(DISPLAY_NAMES[d] for d in same) + ".")
-        if external:
-            lines.append("")
-            continue
-        lines.extend(_ema_lines(base_eval, (("unlearned", unlearned), ("contained", contained)), target))
-        over = [("base", pooled([base_eval], "over_refusal"))]
-        over += [(kind, pooled([r.final for r in group], "over_refusal"))
-                 for kind, group in (("unlearned", unlearned), ("contained", contained)) if group]
-        mean_over = ", ".join(f"{label} {overall_cell(counts)}" for label, counts in over)
-        lines.append(f"\nOver-refusal on benign look-alikes (all domains' prompts together, 95% interval): {mean_over}\n")
+        if not external:
+            lines.extend(_ema_lines(base_eval, (("unlearned", unlearned), ("contained", contained)), target))
+        lines.append(_over_refusal_table(columns, external))
     return "\n".join(lines)
+
+
+def _over_refusal_table(columns: Sequence[tuple[str, Sequence[Optional[Evaluation]]]], external: bool) -> str:
+    """Over-refusal per domain (refusal of benign prompts), for each column on the built-in look-alikes
+    and, where measured, on the external benign prompts; all domains pooled in the last row."""
+    sets = [("look-alikes", "over_refusal")]
+    if all(e is not None and e.external_over_refusal is not None for _, es in columns for e in es):
+        sets.append(("public benign", "external_over_refusal"))
+    if external:
+        sets.reverse()
+    header = [f"{label.split(' ')[0]}: {name}" for label, _ in columns for name, _ in sets]
+    lines = ["\nOver-refusal (benign prompts refused, 95% interval; look-alikes: the built-in benign twins; "
+             "public benign: the external set's benign prompts, e.g. XSTest safe and CoCoNot contrast):\n",
+             "| domain | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for d in DOMAINS:
+        cells = [seed_cell(evaluations, d, field) for _, evaluations in columns for _, field in sets]
+        lines.append(f"| {DISPLAY_NAMES[d]} | " + " | ".join(cells) + " |")
+    cells = [overall_cell(pooled(evaluations, field)) for _, evaluations in columns for _, field in sets]
+    lines.append("| all domains | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _ema_lines(base: Optional[Evaluation], groups, target: Optional[str]) -> list[str]:
@@ -224,10 +244,15 @@ def _base_tables(evaluations: Sequence[Evaluation]) -> str:
         cells = [rate_cell(getattr(e, field), d) for _, e in columns for _, field in kinds]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     if any(e.has_external for _, e in columns):
-        lines += ["\nOn external prompts:\n", "| domain | " + " | ".join(f"{label}: refusal" for label, _ in columns) + " |",
-                  "|---|" + "---:|" * len(columns)]
+        kinds = [("refusal", "external_refusal"), ("over-refusal", "external_over_refusal")]
+        if all(e.external_degenerate is not None for _, e in columns):
+            kinds.append(("degenerate", "external_degenerate"))
+        header = " | ".join(f"{label}: {what}" for label, _ in columns for what, _ in kinds)
+        lines += ["\nOn the external prompts (harmful: refusal and degenerate; benign: over-refusal):\n",
+                  f"| domain | {header} |", "|---|" + "---:|" * (len(kinds) * len(columns))]
         for d in DOMAINS:
-            lines.append(f"| {d} | " + " | ".join(rate_cell(e.external_refusal, d) for _, e in columns) + " |")
+            cells = [rate_cell(getattr(e, field), d) for _, e in columns for _, field in kinds]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -233,7 +233,8 @@ def test_readme_table_matches_the_shipped_files():
     by_file = {}
     for name in EXTERNAL_CONFIGS:
         source = RecordSource.from_file(ROOT / "configs" / "data" / "external" / f"{name}.yaml")
-        by_file[source.path.removeprefix("package:ema_lightning/assets/public/")] = len(load_records(source))
+        file = source.path.removeprefix("package:ema_lightning/assets/public/")
+        by_file[file] = by_file.get(file, 0) + len(load_records(source))  # xstest.csv: its safe and unsafe configs
     for file, (license_cell, rows, records) in table.items():
         assert len(_rows(f"package:ema_lightning/assets/public/{file}")) == rows, file
         assert by_file[file] == records, file
@@ -255,12 +256,14 @@ def test_shipped_copies_keep_the_rows_and_cells_of_the_originals():
         "coconot_eval.jsonl": "coconot_eval.jsonl",
         "coconot_contrast_eval.jsonl": "coconot_contrast_eval.jsonl",
         "noncommercial/do_not_answer_en.csv": "do_not_answer_en.csv",
+        "xstest.csv": "xstest_prompts.csv",
     }
     assert sorted(originals) == sorted(_readme_table())
     for shipped, original in originals.items():
         copy, source = _rows(f"package:ema_lightning/assets/public/{shipped}"), _rows(str(SHARED / original))
         assert len(copy) == len(source) and set(copy[0]) <= set(source[0]), shipped
         assert copy == [{k: row[k] for k in copy[0]} for row in source], shipped
-    for shipped, original in (("strongreject.csv", "strongreject_dataset.csv"), ("noncommercial/do_not_answer_en.csv", "do_not_answer_en.csv")):
+    for shipped, original in (("strongreject.csv", "strongreject_dataset.csv"), ("noncommercial/do_not_answer_en.csv", "do_not_answer_en.csv"),
+                              ("xstest.csv", "xstest_prompts.csv"), ("xstest.LICENSE.txt", "XSTest_LICENSE.txt")):
         assert (SHIPPED / shipped).read_bytes() == (SHARED / original).read_bytes()
     assert (SHIPPED / "harmbench.LICENSE.txt").read_bytes() == (SHARED / "HarmBench_LICENSE.txt").read_bytes()

@@ -31,6 +31,7 @@ UNLEARNING = _names("unlearning")
 STRATEGIES = _names("strategies")
 GPU_STRATEGIES = [s for s in STRATEGIES if not s.endswith("_cpu.yaml")]
 EXTERNAL = _names("data/external")
+SUITES = _names("data")  # loaded, deduplicated and split by tests/data/test_suite.py
 STUDIES = _names("study")
 JUDGES = _names("judges")  # parsed and instantiated by tests/evaluation/test_generative_judges.py
 ALIGN = sorted(str(p.relative_to(ROOT)) for p in CONFIGS.glob("study/*/*.yaml"))
@@ -73,7 +74,7 @@ def _print_config(files: list[str], *extra: str) -> dict:
 
 
 def test_every_config_is_checked():
-    checked = {f for combo in FIT_COMBINATIONS for f in combo} | set(MODELS_7B) | set(UNLEARNING) | set(EXTERNAL) | set(STUDIES) | set(JUDGES)
+    checked = {f for combo in FIT_COMBINATIONS for f in combo} | set(MODELS_7B) | set(UNLEARNING) | set(EXTERNAL) | set(SUITES) | set(STUDIES) | set(JUDGES)
     study_configs = set()
     for study in STUDIES:
         spec = yaml.safe_load((ROOT / study).read_text())
@@ -149,19 +150,8 @@ def test_external_data_configs(path):
                 canonical_domain(domain)
 
 
-def _needs_missing_external_data(study_path: str) -> bool:
-    """Whether a study's configs read ../shared/data/external and that folder is absent here."""
-    spec = yaml.safe_load((ROOT / study_path).read_text())
-    configs = set((spec.get("base") or {}).get("config", [])) | {c for run in spec["runs"] for c in run["config"]}
-    reads_external = any("../shared/data/external" in (ROOT / c).read_text() for c in configs)
-    return reads_external and not (ROOT.parent / "shared" / "data" / "external").is_dir()
-
-
 @pytest.mark.parametrize("path", STUDIES, ids=lambda f: Path(f).stem)
 def test_study_configs(path, no_weights):
-    if _needs_missing_external_data(path):
-        pytest.skip("the study evaluates on ../shared/data/external, which is absent here")
-
     from ema_lightning.cli import study_fit
     from ema_lightning.domains import DOMAINS
     from ema_lightning.study import check_study, parse_study

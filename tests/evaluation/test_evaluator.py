@@ -150,3 +150,21 @@ def test_a_generative_audit_judge_is_read_through_its_verdicts(lora_model):
     # the unparsed second response is left out of the audit: one agreement, one disagreement
     assert evaluation.agreement["llm"] == Agreement(both=1, first_only=1, second_only=0, neither=0)
     assert evaluation.judges["llm"].total["bias"] == 1
+
+
+def test_the_external_set_gets_its_own_refusal_over_refusal_degenerate_and_complied(lora_model):
+    tokenizer, model = lora_model
+    evaluator = Evaluator(judge=FixedJudge([False, False, True]), audit_judges={"always": FixedJudge([True, True, True])},
+                          max_new_tokens=4, base_margin=0.5, refusal_score=False)
+    evaluator.update("val", model, tokenizer, _batch(tokenizer, harmful=(True, True, True)))
+    evaluator.reference_logprob = evaluator.compute("val", "val", 0, 0).base_logprob["bias"] + 10.0  # everything far below
+    evaluator.update("val", model, tokenizer, _batch(tokenizer), external=True)
+    evaluation = evaluator.compute("val", "val", 1, 0)
+    assert sum(evaluation.refusal.total.values()) == 0 and evaluation.degenerate is None  # the built-in set: nothing
+    assert evaluation.external_refusal.total["cybersecurity"] == 1 and evaluation.external_refusal.refused["bias"] == 0
+    assert evaluation.external_over_refusal.refused["bias"] == 1 and evaluation.external_over_refusal.total["bias"] == 1
+    # the frozen-base likelihood flags both harmful responses; the benign one is not counted
+    assert evaluation.external_degenerate.refused == {**dict.fromkeys(DOMAINS, 0), "cybersecurity": 1, "bias": 1}
+    assert sum(evaluation.external_degenerate.total.values()) == 2 and sum(evaluation.external_complied.refused.values()) == 0
+    assert evaluation.base_logprob is None and evaluation.agreement == {}  # audits read the built-in set only
+    assert {"val_external/degenerate/bias", "val_external/complied/bias"} <= set(evaluation.metrics("val"))

@@ -42,8 +42,10 @@ def test_ema_table_lines():
     contained = next(line for line in lines if line.startswith("EMA score (contained): 0.013 ["))
     low, high = (float(v) for v in contained.split("[")[1].split("]")[0].split(", "))
     assert 0.0 <= low <= 0.0125 <= high <= 0.05 and contained.endswith(suffix)
-    assert ("Over-refusal on benign look-alikes (all domains' prompts together, 95% interval): base 0% [0-3], "
-            "unlearned 10% [6-16], contained 5% [2-10]") in lines
+    # over-refusal per domain (20 benign prompts each) and over all 140 benign prompts
+    assert "| domain | base: look-alikes | unlearned: look-alikes | contained: look-alikes |" in lines
+    assert "| Bias | 0% [0-16] | 10% [3-30] | 5% [1-24] |" in lines
+    assert "| all domains | 0% [0-3] | 10% [6-16] | 5% [2-10] |" in lines
 
 
 def test_one_table_per_target_and_method_in_sorted_order():
@@ -58,7 +60,10 @@ def test_external_table_has_no_scores_and_shows_missing_runs_as_not_measured():
     measured = run("u", evaluations=(evaluation("baseline", 0, external=1.0), evaluation("val", 10, external={"bias": 0.4})))
     lines = ema_tables([measured], external=True).splitlines()
     assert "| Bias | 100% [84-100] | 40% [22-61] |" in lines
-    assert not any(line.startswith(("EMA score", "Over-refusal")) for line in lines)
+    assert not any(line.startswith("EMA score") for line in lines)
+    # over-refusal on the external benign prompts first, then on the built-in look-alikes
+    assert "| domain | base: public benign | base: look-alikes | unlearned: public benign | unlearned: look-alikes |" in lines
+    assert "| Bias | 0% [0-16] | 0% [0-16] | 0% [0-16] | 0% [0-16] |" in lines
     unmeasured = ema_tables([run("u")], external=True).splitlines()
     assert "| Bias | n/a | n/a |" in unmeasured
 
@@ -66,7 +71,7 @@ def test_external_table_has_no_scores_and_shows_missing_runs_as_not_measured():
 def test_a_run_without_final_evaluation_shows_not_measured():
     lines = ema_tables([run("u", evaluations=(evaluation("baseline", 0),))]).splitlines()
     assert "| Bias | 100% [84-100] | n/a |" in lines
-    assert "Over-refusal on benign look-alikes (all domains' prompts together, 95% interval): base 0% [0-3], unlearned n/a" in lines
+    assert "| all domains | 0% [0-3] | n/a |" in lines
 
 
 def test_base_section_as_shipped_and_aligned_with_verdict():
@@ -82,20 +87,21 @@ def test_base_section_as_shipped_and_aligned_with_verdict():
     assert "| bias | 50% [30-70] | 10% [3-30] | 100% [84-100] | 0% [0-16] |" in lines
     assert "| privacy | 100% [84-100] | 10% [3-30] | 100% [84-100] | 0% [0-16] |" in lines
     assert lines[-1] == "The aligned base meets its bounds." and text.endswith("bounds.\n")
-    assert "On external prompts:" not in text
+    assert "On the external prompts" not in text
 
 
 def test_base_section_without_shipped_measurement_keeps_the_last_evaluation_and_external():
     text = base_section((evaluation("val", 10), evaluation("val", 20), evaluation("val", 30, external={"bias": 0.8})))
     lines = text.splitlines()
     assert "| domain | aligned (step 30): refusal | aligned (step 30): over-refusal |" in lines
-    assert "On external prompts:" in lines
-    assert "| domain | aligned (step 30): refusal |" in lines and "| bias | 80% [58-92] |" in lines
+    assert "On the external prompts (harmful: refusal and degenerate; benign: over-refusal):" in lines
+    assert "| domain | aligned (step 30): refusal | aligned (step 30): over-refusal |" in lines
+    assert "| bias | 80% [58-92] | 0% [0-16] |" in lines
 
 
 def test_base_section_external_column_not_measured_and_empty_without_stage_one():
     text = base_section((evaluation("baseline", 0), evaluation("val", 30, external=0.9)), "ok")
-    assert "| cybersecurity | n/a | 90% [70-97] |" in text.splitlines()
+    assert "| cybersecurity | n/a | n/a | 90% [70-97] | 0% [0-16] |" in text.splitlines()
     assert base_section(()) == ""
 
 
