@@ -1,4 +1,4 @@
-"""Training objectives as pure tensor functions: log-probs, NPO, gradient ascent, cross-entropy, KL.
+"""Training objectives as pure tensor functions: log-probs, NPO, SimNPO, DPO, RMU, gradient ascent, cross-entropy, KL.
 
 Conventions shared by every function here:
 
@@ -87,6 +87,75 @@ def npo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: fl
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
 
 
+def simnpo_loss(policy_logps: torch.Tensor, lengths: torch.Tensor, beta: float = 1.0, delta: float = 0.0) -> torch.Tensor:
+    """SimNPO loss (Fan et al. 2024, "Simplicity Prevails"), reference-free and length-normalised, a scalar.
+
+    ``L = mean_i -(2 / beta) * logsigmoid(beta * (-log pi(y_i|x_i) / |y_i| - delta))``, ``|y_i|`` the
+    number of response tokens. This is open-unlearning's form (``src/trainer/unlearn/simnpo.py``): the
+    margin is called ``delta`` (``gamma`` is the forget weight there and here) and sits inside the
+    ``beta`` factor, so the paper's margin ``gamma`` in ``-(beta / |y|) log pi - gamma`` is ``beta * delta``.
+    A sequence without response tokens counts as length 1 (its log-prob is 0).
+    """
+    if not beta > 0:
+        raise ValueError(f"simnpo beta must be > 0 (open-unlearning's default: 1.0), got {beta!r}")
+    if policy_logps.shape != lengths.shape:
+        raise ValueError(f"policy_logps {tuple(policy_logps.shape)} and lengths {tuple(lengths.shape)} must have the same shape")
+    mean_nll = -policy_logps.float() / lengths.float().clamp(min=1)
+    return -(2.0 / beta) * F.logsigmoid(beta * (mean_nll - delta)).mean()
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    reference_chosen_logps: torch.Tensor,
+    reference_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Direct Preference Optimization loss (Rafailov et al. 2023), a scalar.
+
+    ``L = mean_i -logsigmoid(beta * ((log pi(c_i) - log pi_ref(c_i)) - (log pi(r_i) - log pi_ref(r_i))))``
+    with ``c`` the chosen and ``r`` the rejected response (summed log-probs); ``log 2`` at ``pi == pi_ref``.
+    The reference log-probs are constants.
+    """
+    if not beta > 0:
+        raise ValueError(f"dpo beta must be > 0 (e.g. 0.1, the DPO paper's default), got {beta!r}")
+    shapes = {tuple(t.shape) for t in (chosen_logps, rejected_logps, reference_chosen_logps, reference_rejected_logps)}
+    if len(shapes) != 1:
+        raise ValueError(f"dpo_loss: all four log-prob tensors must have one shape (one value per pair), got {sorted(shapes)}")
+    chosen = chosen_logps.float() - reference_chosen_logps.float().detach()
+    rejected = rejected_logps.float() - reference_rejected_logps.float().detach()
+    return -F.logsigmoid(beta * (chosen - rejected)).mean()
+
+
+def activation_mse(activations: torch.Tensor, target: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of hidden states, over the hidden dimension and the non-padding tokens, a scalar.
+
+    ``(1 / N) * sum_{b,t: mask = 1} (1 / H) * ||activations[b, t] - target[b, t]||^2``: the two RMU
+    terms (Li et al. 2024, WMDP), with ``target`` the scaled random control vector ``c * u`` (broadcast,
+    shape (H,)) for the forget term and the frozen reference's hidden states for the retain term. WMDP's
+    code takes ``F.mse_loss`` over every position, padding included; here padding is left out. The
+    target is treated as a constant.
+    """
+    if activations.dim() != 3 or attention_mask.shape != activations.shape[:2]:
+        raise ValueError(f"expected activations (B, T, H) and attention_mask (B, T); got {tuple(activations.shape)} "
+                         f"and {tuple(attention_mask.shape)}")
+    mask = attention_mask.bool()
+    count = mask.sum()
+    if count == 0:
+        return activations.sum().float() * 0.0
+    squared = (activations.float() - target.detach().float()).pow(2).mean(dim=-1)
+    return squared.masked_fill(~mask, 0.0).sum() / count
+
+
+def random_unit_vector(size: int, seed: int) -> torch.Tensor:
+    """RMU's control direction ``u``: uniform [0, 1) entries (as WMDP's ``torch.rand``), normalised to unit norm.
+
+    Drawn on the CPU from its own generator, so the same ``(size, seed)`` gives the same vector everywhere.
+    """
+    vector = torch.rand(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    return vector / vector.norm()
+
+
 def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Token-mean cross-entropy ``-(1 / N) * sum_{b,t: label != -100} log p(y_bt | prefix)``.
 
@@ -138,6 +207,10 @@ __all__ = [
     "token_log_probs",
     "sequence_log_probs",
     "npo_loss",
+    "simnpo_loss",
+    "dpo_loss",
+    "activation_mse",
+    "random_unit_vector",
     "cross_entropy_loss",
     "gradient_ascent_loss",
     "kl_to_reference",

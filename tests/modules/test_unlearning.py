@@ -106,7 +106,7 @@ def test_full_fine_tuning_keeps_a_frozen_reference_copy():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"beta": -1.0}, "beta"), ({"alpha": -0.5}, "alpha"),
-                                           ({"forget_objective": "dpo"}, "forget_objective"),
+                                           ({"forget_objective": "kto"}, "forget_objective"),
                                            ({"gamma": 0.0, "alpha": 0.0}, "nothing to train")])
 def test_invalid_hyperparameters_fail_before_the_model_loads(kwargs, match):
     with pytest.raises(ValueError, match=match):
