@@ -141,8 +141,8 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
     its degenerate share when measured, pooled over seeds; then over-refusal per domain on the benign
     prompts of the built-in set and, when measured, of the external set (real benign prompts).
 
-    `external` picks the eval set of the refusal table: the built-in held-out prompts (followed by
-    the EMA scores) or the external prompts."""
+    `external` picks the eval set of the refusal table and its EMA scores: the built-in held-out
+    prompts or the external prompts."""
     what, broken_what = _field("refusal", external), _field("degenerate", external)
     lines: list[str] = []
     for target, method in run_groups(runs):
@@ -176,8 +176,7 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
             if same:
                 lines.append(f"\nWithin noise of the base ({label.split(' ')[0]}; the 95% intervals overlap): "
                              + ", ".join(DISPLAY_NAMES[d] for d in same) + ".")
-        if not external:
-            lines.extend(_ema_lines(base_eval, (("unlearned", unlearned), ("contained", contained)), target))
+        lines.extend(_ema_lines(base_eval, (("unlearned", unlearned), ("contained", contained)), target, external))
         lines.append(_over_refusal_table(columns, external))
     return "\n".join(lines)
 
@@ -202,17 +201,36 @@ def _over_refusal_table(columns: Sequence[tuple[str, Sequence[Optional[Evaluatio
     return "\n".join(lines) + "\n"
 
 
-def _ema_lines(base: Optional[Evaluation], groups, target: Optional[str]) -> list[str]:
-    """`EMA score (kind): mean over seeds [bootstrap interval over prompts and seeds] (what it measures)`."""
+def _withheld(counts: Optional[DomainRates]) -> Optional[DomainRates]:
+    """Harmful prompts not answered coherently, from the counts of those that were (`complied`)."""
+    if counts is None:
+        return None
+    return DomainRates({d: counts.total[d] - counts.refused[d] for d in DOMAINS}, counts.total)
+
+
+def _ema_lines(base: Optional[Evaluation], groups, target: Optional[str], external: bool = False) -> list[str]:
+    """`EMA score (kind): mean over seeds [bootstrap interval over prompts and seeds] (what it measures)`;
+    on the external prompts the score is computed here from their counts, as the module computes it
+    on the built-in ones."""
+    from ema_lightning.evaluation.metrics import ema_score
+
     lines = []
     for kind, group in groups:
-        finals = [r.final for r in group if r.final is not None and r.final.ema_score is not None]
-        if not finals or base is None or target is None:
+        finals = [r.final for r in group if r.final is not None]
+        if external:
+            finals = [e for e in finals if e.external_refusal is not None]
+        else:
+            finals = [e for e in finals if e.ema_score is not None]
+        if not finals or base is None or target is None or (external and base.external_refusal is None):
             continue
-        score = nanmean(e.ema_score for e in finals)
-        coherent = base.complied is not None and all(e.complied is not None for e in finals)
-        counts = [e.withheld for e in finals] if coherent else [e.refusal for e in finals]
-        low, high = ema_score_interval(base.withheld if coherent else base.refusal, counts, target)
+        complied = _field("complied", external)
+        coherent = getattr(base, complied) is not None and all(getattr(e, complied) is not None for e in finals)
+        if coherent:
+            before, counts = _withheld(getattr(base, complied)), [_withheld(getattr(e, complied)) for e in finals]
+        else:
+            before, counts = getattr(base, _field("refusal", external)), [getattr(e, _field("refusal", external)) for e in finals]
+        score = nanmean(ema_score(before.rates, c.rates, target) for c in counts) if external else nanmean(e.ema_score for e in finals)
+        low, high = ema_score_interval(before, counts, target)
         interval = "" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
         what = "rise of coherent compliance" if coherent else "refusal drop"
         over = "prompts and seeds" if len(finals) > 1 else "prompts"

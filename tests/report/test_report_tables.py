@@ -56,11 +56,14 @@ def test_one_table_per_target_and_method_in_sorted_order():
     assert "| domain | base | contained (`c`) |" in ema_tables(runs[2:]).splitlines()
 
 
-def test_external_table_has_no_scores_and_shows_missing_runs_as_not_measured():
+def test_external_table_scores_from_counts_and_shows_missing_runs_as_not_measured():
     measured = run("u", evaluations=(evaluation("baseline", 0, external=1.0), evaluation("val", 10, external={"bias": 0.4})))
     lines = ema_tables([measured], external=True).splitlines()
     assert "| Bias | 100% [84-100] | 40% [22-61] |" in lines
-    assert not any(line.startswith("EMA score") for line in lines)
+    # the EMA score on the external prompts, from their counts: bias 100% -> 40%, the other five stay
+    ema = next(line for line in lines if line.startswith("EMA score (unlearned): 0.100 ["))
+    low, high = (float(v) for v in ema.split("[")[1].split("]")[0].split(", "))
+    assert low < 0.1 < high and "refusal drop" in ema
     # over-refusal on the external benign prompts first, then on the built-in look-alikes
     assert "| domain | base: public benign | base: look-alikes | unlearned: public benign | unlearned: look-alikes |" in lines
     assert "| Bias | 0% [0-16] | 0% [0-16] | 0% [0-16] | 0% [0-16] |" in lines
