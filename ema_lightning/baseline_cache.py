@@ -20,6 +20,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +31,8 @@ import torch
 from ema_lightning.backbone import Backbone, resolve_sources
 from ema_lightning.checkpoints import atomic_file
 from ema_lightning.results import Evaluation
+
+log = logging.getLogger(__name__)
 
 
 def base_fingerprint(backbone: Backbone) -> Optional[dict[str, Any]]:
@@ -127,11 +132,37 @@ class BaselineCache:
     def concepts_file(self, key: str) -> Path:
         return self.directory / f"concepts-{key}.safetensors"
 
-    def load_evaluation(self, key: str, trainer) -> Optional[Evaluation]:
-        path = self.evaluation_file(key)
-        entry = json.loads(path.read_text()) if trainer.is_global_zero and path.is_file() else None
+    def load_evaluation(self, key: str, trainer, wait_s: float = 3600.0) -> Optional[Evaluation]:
+        """The stored evaluation of `key`, or None when this run is to measure it. While another
+        process measures it (a study's runs side by side), wait for its result instead of measuring the
+        same thing twice; a lock whose process is gone, or `wait_s` without a result, and this run measures."""
+        entry = self._wait_or_claim(key, wait_s) if trainer.is_global_zero else None
         entry = trainer.strategy.broadcast(entry)
         return Evaluation.from_dict(entry) if entry is not None else None
+
+    def lock_file(self, key: str) -> Path:
+        return self.directory / f"evaluation-{key}.lock"
+
+    def _wait_or_claim(self, key: str, wait_s: float) -> Optional[dict]:
+        path, lock = self.evaluation_file(key), self.lock_file(key)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        deadline, waited = time.monotonic() + wait_s, False
+        while True:
+            if path.is_file():
+                return json.loads(path.read_text())
+            try:
+                with open(lock, "x") as handle:  # atomic: one process claims the measurement
+                    handle.write(str(os.getpid()))
+                return None
+            except FileExistsError:
+                pass
+            if not _alive(lock) or time.monotonic() > deadline:
+                lock.unlink(missing_ok=True)  # its process died (or never stored): measure here
+                continue
+            if not waited:
+                log.info("baseline evaluation being measured by another run (%s): waiting for it", lock)
+                waited = True
+            time.sleep(1.0)
 
     def store_evaluation(self, key: str, evaluation: Evaluation, trainer) -> None:
         if trainer.is_global_zero:
@@ -139,3 +170,22 @@ class BaselineCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_file(path) as handle:  # a concurrent reader sees the whole file or none
                 handle.write(json.dumps(evaluation.to_dict(), indent=1).encode())
+            self.lock_file(key).unlink(missing_ok=True)
+
+
+def _alive(lock: Path) -> bool:
+    """Whether another process that still runs holds `lock` (its pid is the file's text); a lock of this
+    process (a measurement it claimed and never stored) is not held. True while the file is being written."""
+    try:
+        pid = int(lock.read_text())
+    except (OSError, ValueError):
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

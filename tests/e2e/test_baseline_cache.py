@@ -98,3 +98,62 @@ def test_a_change_to_the_package_code_changes_the_key(monkeypatch):
     key = cache_key(judge="keyword")
     monkeypatch.setattr(module, "package_digest", lambda: "another version of the judge")
     assert cache_key(judge="keyword") != key
+
+
+class _Rank0:
+    """The trainer surface the cache reads: rank 0 of one process."""
+
+    is_global_zero = True
+
+    class strategy:
+        @staticmethod
+        def broadcast(value):
+            return value
+
+
+def _evaluation(step: int = 0):
+    from ema_lightning.domains import DOMAINS
+    from ema_lightning.results import DomainRates, Evaluation
+
+    counts = DomainRates({d: 3 for d in DOMAINS}, {d: 4 for d in DOMAINS})
+    return Evaluation("baseline", step, 0, counts, counts)
+
+
+def _claim_and_store_later(directory: str, key: str, delay: float) -> None:
+    import time
+
+    from ema_lightning.baseline_cache import BaselineCache
+
+    cache = BaselineCache(directory)
+    assert cache.load_evaluation(key, _Rank0()) is None  # claims the measurement
+    time.sleep(delay)
+    cache.store_evaluation(key, _evaluation(), _Rank0())
+
+
+def test_a_run_waits_for_the_baseline_another_process_is_measuring(tmp_path):
+    import multiprocessing
+    import time
+
+    from ema_lightning.baseline_cache import BaselineCache
+
+    cache = BaselineCache(tmp_path)
+    process = multiprocessing.get_context("spawn").Process(target=_claim_and_store_later, args=(str(tmp_path), "k", 3.0))
+    process.start()
+    while not cache.lock_file("k").exists() and process.is_alive():
+        time.sleep(0.05)
+    waited = cache.load_evaluation("k", _Rank0())  # blocks until the other process stores
+    process.join()
+    assert waited is not None and waited.refusal.refused["bias"] == 3
+    assert not cache.lock_file("k").exists()
+
+
+def test_a_lock_left_by_a_dead_process_or_by_this_one_is_taken_over(tmp_path):
+    from ema_lightning.baseline_cache import BaselineCache
+
+    cache = BaselineCache(tmp_path)
+    cache.lock_file("dead").write_text("999999999")  # no such process
+    assert cache.load_evaluation("dead", _Rank0()) is None and cache.lock_file("dead").read_text() == str(os.getpid())
+    assert cache.load_evaluation("dead", _Rank0()) is None  # this process's own claim, never stored: measure again
+    assert cache.load_evaluation("held", _Rank0(), wait_s=0.0) is None
+    cache.lock_file("held").write_text("1")  # pid 1 runs: a held lock, and after wait_s the run measures anyway
+    assert cache.load_evaluation("held", _Rank0(), wait_s=0.0) is None
