@@ -32,13 +32,14 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "num_sanity_val_steps": -1,  # the full eval set before training: the baseline of the EMA score
 }
 
-USAGE = """usage: ema-lightning {fit,validate,test,study,extract} [--config CONFIG.yaml] [--help]
+USAGE = """usage: ema-lightning {fit,validate,test,study,extract,suite} [--config CONFIG.yaml] [--help]
 
   fit        train (alignment or refusal unlearning), evaluating refusal in all seven domains
   validate   measure refusal per domain of a model or checkpoint
   test       same as validate, on the test loop
   study      run a whole EMA study (baseline, unlearning, containment, report) from a study YAML
   extract    write concept vectors per domain and layer of any model or checkpoint
+  suite      count a prompt suite's prompts per domain and split (e.g. configs/data/public_suite.yaml)
 """
 
 
@@ -262,11 +263,25 @@ def main(args: Optional[list[str]] = None) -> Any:
             from ema_lightning.study import study_main
 
             return study_main(argv[1:], quiet_study_fit)
+        if argv[0] == "suite":
+            return suite_main(argv[1:])
         if argv[0] == "extract":
             from ema_lightning.concepts.extract import extract_main
 
             return extract_main(argv[1:])
         return EMALightningCLI(args=argv if args is not None else None)
+
+
+def suite_main(argv: list[str]) -> None:
+    """`ema-lightning suite FILE`: a prompt suite's prompts per domain and split, and what each member gave."""
+    import argparse
+
+    from ema_lightning.data.sources import read_suite
+
+    parser = argparse.ArgumentParser(prog="ema-lightning suite", description=suite_main.__doc__)
+    parser.add_argument("suite", help="a suite YAML file, e.g. configs/data/public_suite.yaml")
+    _, report = read_suite(parser.parse_args(argv).suite)
+    print(f"## {report.name}\n\n{report.table()}")
 
 
 def check_config_files(argv: list[str]) -> None:

@@ -230,6 +230,9 @@ class Evaluation:
     """Degenerate responses to the external harmful prompts (as `degenerate`)."""
     external_complied: Optional[DomainRates] = None
     """External harmful prompts answered coherently (as `complied`)."""
+    utility_nll: Optional[float] = None
+    """Model utility: the mean negative log-likelihood per token of held-out helpful answers to neutral
+    prompts (teacher-forced, all answer tokens pooled); None when no utility set was evaluated."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples", tuple(self.samples))
@@ -250,7 +253,7 @@ class Evaluation:
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat scalars for the loggers: `<prefix>/refusal/<domain>`, `.../mean`, over-refusal, scores,
-        the external set under `<prefix>_external/...`, and `<prefix>/ema_score`."""
+        the external set under `<prefix>_external/...`, `<prefix>/ema_score` and `<prefix>/utility/nll`."""
         out = _rate_metrics(prefix, self.refusal, self.over_refusal)
         if self.refusal_score is not None:
             out.update({f"{prefix}/refusal_score/{d}": float(v) for d, v in self.refusal_score.items()})
@@ -277,6 +280,8 @@ class Evaluation:
             out.update({f"{prefix}/judges/{name}/refusal/{d}": v for d, v in counts.rates.items()})
         for name, agreement in self.agreement.items():
             out[f"{prefix}/judges/{name}/kappa"] = agreement.kappa
+        if self.utility_nll is not None:
+            out[f"{prefix}/utility/nll"] = float(self.utility_nll)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,6 +302,7 @@ class Evaluation:
             "base_logprob": None if self.base_logprob is None else {d: _json_number(v) for d, v in self.base_logprob.items()},
             "judges": {name: counts.to_dict() for name, counts in self.judges.items()},
             "agreement": {name: {**vars(a), "kappa": _json_number(a.kappa)} for name, a in self.agreement.items()},
+            "utility_nll": _json_number(self.utility_nll),
         }
 
     @classmethod
@@ -318,6 +324,7 @@ class Evaluation:
             judges={name: DomainRates.from_dict(c) for name, c in (data.get("judges") or {}).items()},
             agreement={name: Agreement(a["both"], a["first_only"], a["second_only"], a["neither"])
                        for name, a in (data.get("agreement") or {}).items()},
+            utility_nll=None if data.get("utility_nll") is None else float(data["utility_nll"]),
         )
 
     def without_samples(self) -> Evaluation:

@@ -57,6 +57,13 @@ class StudyRun:
     """`ema-lightning fit` config files, applied in order."""
     args: list[str] = field(default_factory=list)
     """Extra command-line arguments, e.g. `--data.target_domain=safety`."""
+    seeds: Optional[list[int]] = None
+    """This run's seeds in place of the study's `seeds` (e.g. `[0]`: a costlier run once); the report
+    names the runs with fewer seeds than the others. None: the study's."""
+
+    def seeds_in(self, study: "Study") -> list[Optional[int]]:
+        """The seeds this run is fitted with in `study`; [None]: once, with its config's seed."""
+        return list(self.seeds if self.seeds is not None else study.seeds) or [None]
 
 
 @dataclass
@@ -77,7 +84,8 @@ class Study:
     """Arguments added to every run (stage 1 included), e.g. `--trainer.max_steps=10`."""
     seeds: list[int] = field(default_factory=list)
     """Repeat every run once per seed (`--seed_everything`), named `<run>_seed<s>`; the report gives the
-    mean over seeds and intervals over prompts and seeds. Empty: each run once, with its config's seed."""
+    mean over seeds and intervals over prompts and seeds. Empty: each run once, with its config's seed.
+    A run's own `seeds` take the place of these."""
     workers: int = 1
     """Unlearning runs fitted at once, each in its own process (spawned; on a CPU each gets
     `cpu_count // workers` torch threads): small models use several cores better side by side than
@@ -273,7 +281,7 @@ def run_study(study: Study, fit: Fit) -> Path:
         overrides.append((study.base_argument, str(base_dir)))
     if study.reuse_baseline:
         overrides.append(("model.init_args.baseline_cache", str(Path(study.output_dir) / "baseline_cache")))
-    planned = [(run, fact, seed) for run, fact in zip(study.runs, facts) for seed in (study.seeds or [None])]
+    planned = [(run, fact, seed) for run, fact in zip(study.runs, facts) for seed in run.seeds_in(study)]
     requests = []
     for run, fact, seed in planned:
         name = run.name if seed is None else f"{run.name}_seed{seed}"

@@ -1,4 +1,5 @@
-"""RefusalDataModule: the forget set (target domain), the retain set (other domains) and the seven-domain eval set.
+"""RefusalDataModule: the forget set (target domain), the retain set (other domains), the seven-domain eval set
+and the utility set (held-out neutral prompts with helpful answers).
 
 Which records are chosen is `selection.py`; how they are cut into batches is `Encoding` here and
 `collate.py`; the samplers are `samplers.py`; the model's own forget responses are `self_responses.py`.
@@ -83,6 +84,21 @@ def _sources(value: Sequence[RecordSource | str | dict] | None, default: str | N
     return out
 
 
+class UtilityCollator(TrainCollator):
+    """`TrainCollator` batches with `valid` (bool; False for the padding copies of a distributed shard)."""
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = super().__call__(examples)
+        batch["valid"] = torch.tensor([bool(e.get("valid", True)) for e in examples], dtype=torch.bool)
+        return batch
+
+
+def spread(n: int, k: int) -> list[int]:
+    """`min(k, n)` indices into `range(n)` spread evenly (the middle of each of k equal parts), in order."""
+    k = min(k, n)
+    return [int((i + 0.5) * n / k) for i in range(k)]
+
+
 def _setting(group: str, name: str) -> property:
     return property(lambda self: getattr(getattr(self, group), name), doc=f"`{group}.{name}` (read only).")
 
@@ -101,6 +117,12 @@ class RefusalDataModule(pl.LightningDataModule):
             reported separately as `val_external/...` beside the built-in `val/...` numbers.
         forget: Sources of the forget set, filtered to the target domain. Default: harmful train records of the target domain.
         neutral: Sources of domain-free harmless prompts (concept vectors). Default: builtin:neutral.
+        utility: Sources of neutral (prompt, helpful answer) pairs whose mean token NLL under the model is
+            its utility (`val/utility/nll`). Default: builtin:neutral. Harmful records and any whose prompt
+            is a training prompt are dropped; the `utility_size` records chosen are left out of the neutral
+            prompts (so concept vectors never see them).
+        utility_size: Records of the utility set, spread evenly over the utility sources' order (fixed:
+            the same set for every seed). 0 disables the utility measure.
         target_domain: Domain whose refusals are unlearned. None: no forget set, retain = all train records (alignment).
         retain_domains: Domains of the retain set. Default: all domains but the target.
         retain_size: Cap on the retain set, stratified by domain and harmful/benign (seeded). 0 disables the retain set.
@@ -126,6 +148,8 @@ class RefusalDataModule(pl.LightningDataModule):
         external_eval: list[RecordSource] | None = None,
         forget: list[RecordSource] | None = None,
         neutral: list[RecordSource] | None = None,
+        utility: list[RecordSource] | None = None,
+        utility_size: int = 30,
         target_domain: str | None = None,
         retain_domains: list[str] | None = None,
         retain_size: int | None = None,
@@ -146,6 +170,10 @@ class RefusalDataModule(pl.LightningDataModule):
         self.eval_sources = _sources(eval, "builtin:eval", "eval")
         self.external_eval_sources = _sources(external_eval, None, "external_eval")
         self.neutral_sources = _sources(neutral, "builtin:neutral", "neutral")
+        self.utility_sources = _sources(utility, "builtin:neutral", "utility")
+        if utility_size < 0:
+            raise ValueError(f"RefusalDataModule: field 'utility_size': must be >= 0 (0: no utility measure), got {utility_size}")
+        self.utility_size = utility_size
         self.forget_sources = _sources(forget, None, "forget") if forget is not None else None
         self.selection = SetSelection(
             target_domain=target_domain, retain_domains=retain_domains, retain_size=retain_size,
@@ -168,6 +196,7 @@ class RefusalDataModule(pl.LightningDataModule):
         self.eval_records: list[Record] = []
         self.external_eval_records: list[Record] = []
         self.neutral_records: list[Record] = []
+        self.utility_records: list[Record] = []
 
     target_domain = _setting("selection", "target_domain")
     retain_size = _setting("selection", "retain_size")
@@ -221,9 +250,10 @@ class RefusalDataModule(pl.LightningDataModule):
             self.external_eval_records = cap_eval(load_all(self.external_eval_sources, "external_eval"), self.external_selection)
         self.forget_records = self._select_forget()
         self.retain_records = select_retain(self.train_records, self.selection)
+        self._select_utility()
         self._check_responses()
         self._loaded = True
-        for name, records in (("forget", self.forget_records), ("retain", self.retain_records), ("eval", self.eval_records), ("external eval", self.external_eval_records), ("neutral", self.neutral_records)):
+        for name, records in (("forget", self.forget_records), ("retain", self.retain_records), ("eval", self.eval_records), ("external eval", self.external_eval_records), ("neutral", self.neutral_records), ("utility", self.utility_records)):
             harmful = sum(r.harmful for r in records)
             log.info("%s set: %d records (%d harmful, %d benign): %s", name, len(records), harmful, len(records) - harmful, domain_counts(records))
         return self
@@ -242,6 +272,29 @@ class RefusalDataModule(pl.LightningDataModule):
         if in_domain < len(loaded):
             log.info("forget: kept %d of %d records (domain %s)", in_domain, len(loaded), target)
         return select_forget(loaded, self.selection, ", ".join(s.path for s in self.forget_sources))
+
+    def _select_utility(self) -> None:
+        """The utility set: `utility_size` benign records spread evenly over the utility sources, none of
+        them a training prompt; they are then removed from the neutral prompts of the concept vectors."""
+        if not self.utility_size:
+            return
+        loaded = [r for r in load_all(self.utility_sources, "utility") if not r.harmful]  # helpful answers only
+        trained = {r.prompt for r in (*self.train_records, *self.forget_records)}
+        candidates = [r for r in loaded if r.prompt not in trained]
+        if len(candidates) < len(loaded):
+            log.warning("utility: dropped %d of %d records whose prompt is a training prompt", len(loaded) - len(candidates), len(loaded))
+        chosen = [candidates[i] for i in spread(len(candidates), self.utility_size)]
+        missing = [r for r in chosen if not r.response]
+        if missing:
+            raise RecordError(", ".join(s.path for s in self.utility_sources), None, "response",
+                              f"{len(missing)} of {len(chosen)} utility records have no response (first: {missing[0].prompt[:60]!r})",
+                              "give helpful answers in a response column, or set utility_size: 0")
+        held_out = {r.prompt for r in chosen}
+        neutral = [r for r in self.neutral_records if r.prompt not in held_out]
+        if self.neutral_records and not neutral:
+            raise ValueError("RefusalDataModule: field 'utility': the utility set holds every neutral prompt, so none is "
+                             "left for the concept vectors; give other utility sources or a smaller utility_size")
+        self.utility_records, self.neutral_records = chosen, neutral
 
     def _check_responses(self) -> None:
         checks = [("retain", self.retain_records, self.train_sources)]
@@ -362,7 +415,24 @@ class RefusalDataModule(pl.LightningDataModule):
         `index` in the batches is the position in `records`; use it for any prompt list (eval, neutral, ...).
         """
         indices = range(len(records)) if indices is None else indices
-        dataset = ExampleDataset(self._encode_prompts(records, indices, name))
+        examples = self._encode_prompts(records, indices, name)
+        return self._eval_loader(examples, EvalCollator(pad_token_id(self.tokenizer)), batch_size)
+
+    def utility_dataloader(self) -> DataLoader:
+        """Teacher-forced batches of the utility set: prompt + helpful answer, right-padded, `labels` on the
+        answer only, `valid` False on a shard's padding copies; longest first, sharded across ranks. What
+        `val/utility/nll` is measured on (`Evaluator.update_utility`)."""
+        self.load()
+        examples = [{**e, "harmful": False} for e in self._encode_train(self.utility_records, "utility")]
+        examples.sort(key=lambda e: (-len(e["input_ids"]), e["index"]))
+        # Its own generator: each `iter()` draws a base seed, which from the global RNG would shift the
+        # training's random stream (dropout) by one draw per evaluation compared with a run without it.
+        return self._eval_loader(examples, UtilityCollator(pad_token_id(self.tokenizer)), generator=torch.Generator())
+
+    def _eval_loader(self, examples: list[dict[str, Any]], collate: Callable, batch_size: int | None = None,
+                     generator: torch.Generator | None = None) -> DataLoader:
+        """An evaluation DataLoader in the examples' order: every rank a strided shard (`ShardedEvalSampler`)."""
+        dataset = ExampleDataset(examples)
         sampler = None
         replicas, rank = self._data_parallel()
         if replicas > 1:
@@ -372,8 +442,9 @@ class RefusalDataModule(pl.LightningDataModule):
             batch_size=batch_size or self.encoding.eval_batch_size,
             shuffle=False,
             sampler=sampler,
-            collate_fn=EvalCollator(pad_token_id(self.tokenizer)),
+            collate_fn=collate,
             num_workers=self.encoding.num_workers,
+            generator=generator,
         )
 
     def _data_parallel(self) -> tuple[int, int]:
@@ -399,10 +470,14 @@ class RefusalDataModule(pl.LightningDataModule):
         return self.prompt_dataloader(self.eval_records, indices)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The eval prompts; with `external_eval`, a list: [built-in eval, external eval] (dataloader_idx 0, 1)."""
-        if not self.external_eval_records:
-            return self.eval_dataloader()
-        return [self.eval_dataloader(), self.prompt_dataloader(self.external_eval_records, name="external_eval")]
+        """The eval prompts (dataloader_idx 0), then the external eval prompts (1, with `external_eval`), then
+        the utility batches (last, with a utility set); a single loader when it is the only one."""
+        loaders = [self.eval_dataloader()]
+        if self.external_eval_records:
+            loaders.append(self.prompt_dataloader(self.external_eval_records, name="external_eval"))
+        if self.utility_records:
+            loaders.append(self.utility_dataloader())
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
         return self.val_dataloader()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ema_lightning.data.records import DOMAINS_ACCEPTED, Record, RecordError, is_missing, make_record, parse_domain
+from ema_lightning.data.suite import SPLITS, PromptSuite, SuiteReport
 
 log = logging.getLogger(__name__)
 
@@ -465,8 +466,6 @@ def load_records(source: RecordSource | str, report: LoadReport | None = None) -
     local = LoadReport()
     if kind in ("suite", "builtin"):
         if kind == "suite":
-            from ema_lightning.data.suite import load_suite
-
             records, suite = load_suite(source.path, source.split)
             local.rows = sum(m.rows for m in suite.members)
         else:
@@ -501,6 +500,29 @@ def load_records(source: RecordSource | str, report: LoadReport | None = None) -
     if report is not None:
         report.update(local)
     return records
+
+
+def load_suite(path: str, split: str | None) -> tuple[list[Record], SuiteReport]:
+    """The records of one split of the suite file at `path` (`data/suite.py`: its members loaded here,
+    merged without duplicates, split) and the suite's report; a RecordError names a bad split."""
+    if split not in SPLITS:
+        raise RecordError(path, None, "split", f"a suite needs split: dev, test or all, got {split!r}",
+                          "dev for evaluation during training, test for the report")
+    splits, report = read_suite(path)
+    return splits[split], report
+
+
+def read_suite(path: str) -> tuple[dict[str, list[Record]], SuiteReport]:
+    """Every split of the suite file at `path`, and its report."""
+    suite = PromptSuite.from_values(_read_mapping_file(path), package_path(path))
+    members = []
+    for fields_ in suite.member_fields():
+        name = Path(fields_.get("mapping_file") or fields_.get("path", "")).stem
+        source = RecordSource(**fields_) if "path" in fields_ else RecordSource.from_file(fields_.pop("mapping_file"), **fields_)
+        loaded = LoadReport()
+        records = load_records(source, loaded)
+        members.append((name, loaded.rows, records))
+    return suite.merge(members)
 
 
 def _log_report(path: str, report: LoadReport) -> None:
@@ -555,8 +577,10 @@ __all__ = [
     "RecordSource",
     "drop_duplicates",
     "load_all",
+    "load_suite",
     "load_records",
     "package_path",
+    "read_suite",
     "resolve_source",
     "source_format",
     "validate_source",

@@ -2,7 +2,8 @@
 or near-duplicate prompts, split deterministically into a small `dev` part and a `test` part.
 
 A suite is a YAML file (e.g. configs/data/public_suite.yaml) read as a RecordSource path with
-``split: dev | test | all``::
+``split: dev | test | all`` (`sources.load_suite` reads the members; this module merges and splits;
+`ema-lightning suite FILE` prints the counts)::
 
     name: public seven-domain suite
     members:                       # RecordSource mapping files (or dicts), in priority order
@@ -107,10 +108,8 @@ class PromptSuite:
     dev_max: int = 10
 
     @classmethod
-    def from_file(cls, path: str) -> PromptSuite:
-        from ema_lightning.data.sources import _read_mapping_file, package_path
-
-        values = _read_mapping_file(path)
+    def from_values(cls, values: dict[str, Any], path: str) -> PromptSuite:
+        """The suite of a parsed suite file at `path` (its members' relative paths are relative to it)."""
         unknown = sorted(set(values) - set(SUITE_KEYS))
         if unknown:
             raise RecordError(path, None, unknown[0], "unknown key", f"accepted: {', '.join(SUITE_KEYS)}")
@@ -118,7 +117,7 @@ class PromptSuite:
         if not isinstance(members, list) or not members:
             raise RecordError(path, None, "members", "a suite needs a non-empty list of members",
                               "each member a RecordSource mapping file or a mapping of RecordSource fields")
-        suite = cls(path=package_path(path, "path"), name=str(values.get("name") or Path(path).stem), members=tuple(members),
+        suite = cls(path=path, name=str(values.get("name") or Path(path).stem), members=tuple(members),
                     **{k: values[k] for k in ("near_duplicate", "dev_fraction", "dev_max") if k in values})
         if not 0 < suite.near_duplicate <= 1:
             raise RecordError(path, None, "near_duplicate", f"must be in (0, 1], got {suite.near_duplicate}", "1 keeps all but exact duplicates")
@@ -128,10 +127,8 @@ class PromptSuite:
             raise RecordError(path, None, "dev_max", f"must be >= 0, got {suite.dev_max}", "e.g. 10")
         return suite
 
-    def sources(self) -> list[Any]:
-        """The members as RecordSources; relative mapping-file paths are relative to the suite file."""
-        from ema_lightning.data.sources import RecordSource
-
+    def member_fields(self) -> list[dict[str, Any]]:
+        """Each member as RecordSource fields; relative paths made relative to the suite file."""
         here = Path(self.path).parent
         out = []
         for i, member in enumerate(self.members):
@@ -145,27 +142,19 @@ class PromptSuite:
                 value = member.get(key)
                 if isinstance(value, str) and not value.startswith(("package:", "builtin:")) and (here / value).exists():
                     member[key] = str(here / value)
-            if "path" not in member:
-                from ema_lightning.data.sources import _read_mapping_file
-
-                member["path"] = _read_mapping_file(member["mapping_file"]).get("path", "")
-            out.append(RecordSource(**member))
+            out.append(member)
         return out
 
-    def load(self) -> tuple[dict[str, list[Record]], SuiteReport]:
-        """The suite's records by split ("dev", "test", "all") and the report of the load."""
-        from ema_lightning.data.sources import LoadReport, load_records
-
+    def merge(self, members: list[tuple[str, int, list[Record]]]) -> tuple[dict[str, list[Record]], SuiteReport]:
+        """The suite's records by split ("dev", "test", "all") and the report, from each member's
+        (name, rows read, records after its mapping), in member order."""
         report = SuiteReport(self.name)
-        kept: list[Record] = []
+        kept: list[Record | None] = []
         by_text: dict[str, tuple[int, bool]] = {}  # normalised text -> (index in kept, harmful)
         conflicted: set[str] = set()
         index = _NearDuplicateIndex(self.near_duplicate)
-        for source in self.sources():
-            counts = MemberCounts(Path(source.mapping_file or source.path).stem)
-            loaded = LoadReport()
-            records = load_records(source, loaded)
-            counts.rows, counts.mapped = loaded.rows, len(records)
+        for name, rows, records in members:
+            counts = MemberCounts(name, rows=rows, mapped=len(records))
             for record in records:
                 text = normalise(record.prompt)
                 if text in conflicted:
@@ -178,7 +167,7 @@ class PromptSuite:
                     else:  # the same text both harmful and benign: ambiguous, dropped on both sides
                         counts.conflicts += 1
                         conflicted.add(text)
-                        kept[position] = None  # type: ignore[call-overload]
+                        kept[position] = None
                         del by_text[text]
                     continue
                 words = frozenset(text.split())
@@ -195,9 +184,9 @@ class PromptSuite:
         if conflicts:
             log.info("%s: dropped %d prompts given both harmful and benign flags by different sets", self.path, conflicts)
         splits = split_dev_test(records, self.dev_fraction, self.dev_max)
-        for name in ("dev", "test"):
-            for r in splits[name]:
-                report.counts[(r.domain, r.harmful, name)] += 1
+        for split in ("dev", "test"):
+            for r in splits[split]:
+                report.counts[(r.domain, r.harmful, split)] += 1
         return splits, report
 
 
@@ -258,28 +247,3 @@ def split_dev_test(records: list[Record], dev_fraction: float, dev_max: int) -> 
     return {"dev": [r for i, r in enumerate(records) if i in dev],
             "test": [r for i, r in enumerate(records) if i not in dev],
             "all": list(records)}
-
-
-def load_suite(path: str, split: str | None) -> tuple[list[Record], SuiteReport]:
-    """The records of one split of the suite file at `path`; a RecordError names a bad split."""
-    if split not in SPLITS:
-        raise RecordError(path, None, "split", f"a suite needs split: dev, test or all, got {split!r}",
-                          "dev for evaluation during training, test for the report")
-    splits, report = PromptSuite.from_file(path).load()
-    return splits[split], report
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m ema_lightning.data.suite SUITE.yaml`: the suite's counts as Markdown tables."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("suite", help="a suite YAML file, e.g. configs/data/public_suite.yaml")
-    args = parser.parse_args(argv)
-    _, report = PromptSuite.from_file(args.suite).load()
-    print(f"## {report.name}\n")
-    print(report.table())
-
-
-if __name__ == "__main__":
-    main()

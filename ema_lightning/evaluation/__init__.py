@@ -22,6 +22,7 @@ _EXPORTS = {
     "DegenerateDetector": "coherence",
     "DomainMean": "metrics",
     "DomainRefusalRate": "metrics",
+    "TokenMean": "metrics",
     "as_dict": "metrics",
     "ema_score": "metrics",
     "refusal_drop": "metrics",

@@ -1,9 +1,10 @@
 """The Evaluator: eval batches -> generation (or one logit forward) -> judge -> metrics -> an `Evaluation`.
 
 It owns everything refusal measurement needs (judges, greedy generation, refusal scores, the
-per-domain metrics of each stage, the samples kept for the report), so a LightningModule only calls
-`update` from its eval steps and `compute` at the end of the epoch. It is an `nn.Module` so that its
-metrics follow the model's device.
+per-domain metrics of each stage, the samples kept for the report) and the model-utility measure
+(the token NLL of held-out helpful answers, one teacher-forced forward per batch), so a LightningModule
+only calls `update` / `update_utility` from its eval steps and `compute` at the end of the epoch. It
+is an `nn.Module` so that its metrics follow the model's device.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from ema_lightning.evaluation.judges import (
     RefusalJudge,
     SubstringRefusalJudge,
 )
-from ema_lightning.evaluation.metrics import AgreementCounts, DomainMean
-from ema_lightning.objectives import IGNORE_INDEX, sequence_log_probs
+from ema_lightning.evaluation.metrics import AgreementCounts, DomainMean, TokenMean
+from ema_lightning.objectives import IGNORE_INDEX, sequence_log_probs, token_log_probs
 from ema_lightning.results import Agreement, DomainRates, Evaluation, Sample
 
 
@@ -63,6 +64,7 @@ class StageMetrics(torch.nn.Module):
         self.base_logprob = DomainMean()
         self.unparsed = DomainMean()
         self.harm = DomainMean()
+        self.utility_nll = TokenMean()
         self.judges = torch.nn.ModuleDict({name: DomainMean() for name in audit})
         self.agreement = torch.nn.ModuleDict({name: AgreementCounts() for name in audit})
         self.samples: list[Sample] = []
@@ -176,6 +178,21 @@ class Evaluator(torch.nn.Module):
             metrics.agreement[name].update(refused[both], read.refused[both])
         self._keep_samples(metrics.samples, batch, responses, refused, valid)
 
+    def update_utility(self, stage: str, model, batch: dict[str, Any]) -> None:
+        """Add the negative log-likelihood of one utility batch's answer tokens to `stage`'s utility NLL.
+
+        The batch is teacher-forced (prompt + helpful answer, right-padded, `labels` -100 outside the
+        answer, `valid` False on a shard's padding copies, as `RefusalDataModule.utility_dataloader`
+        makes it): one forward, token log-probs gathered at once, summed with their token count."""
+        labels = batch["labels"]
+        valid = batch.get("valid")
+        if valid is not None:
+            labels = labels.masked_fill(~valid.to(labels.device).bool().unsqueeze(1), IGNORE_INDEX)
+        with eval_mode(model), inference_context(model):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        log_probs, scored = token_log_probs(logits, labels)
+        self.stages[stage].utility_nll.update(-log_probs, scored)
+
     def _judge(self, model, tokenizer, batch, scores: bool) -> "_Judged":
         """Refused flags, the responses and generated ids (None under the logit judge) and, with `scores`,
         the refusal log-odds, all from one forward pass (the logit judge's, or generation's prefill)."""
@@ -213,12 +230,14 @@ class Evaluator(torch.nn.Module):
         stop = torch.isin(new, torch.tensor(stop_token_ids(tokenizer, model), device=new.device)).long()
         keep = stop.cumsum(1) - stop == 0  # every token up to and including the first stop
         mask = torch.cat([batch["attention_mask"].to(new.device)[rows], keep.long()], dim=1)
+        scored = new.shape[1] + 1  # the logits that predict the response tokens: no (B, prompt, vocab) block
         with eval_mode(model), inference_context(model), model.disable_adapter():
             positions = (mask.cumsum(1) - 1).clamp(min=0)  # as generation numbers left-padded rows
-            logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions, use_cache=False).logits
+            logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions, use_cache=False,
+                           logits_to_keep=scored).logits
         labels = torch.full_like(sequences, IGNORE_INDEX)
         labels[:, prompt:] = new.masked_fill(~keep, IGNORE_INDEX)
-        return sequence_log_probs(logits, labels, reduction="mean")
+        return sequence_log_probs(logits[:, -scored:], labels[:, -scored:], reduction="mean")
 
     @staticmethod
     def _prepared(judge: LogitRefusalJudge, tokenizer) -> LogitRefusalJudge:
@@ -256,12 +275,13 @@ class Evaluator(torch.nn.Module):
             base_logprob=_means(metrics.base_logprob) if metrics.base_logprob.update_called else None,
             unparsed=_rates(metrics.unparsed) if metrics.unparsed.update_called else None,
             harm=_rates(metrics.harm) if metrics.harm.update_called else None,
+            utility_nll=metrics.utility_nll.synced_mean() if metrics.utility_nll.update_called else None,
             judges={name: _rates(m) for name, m in metrics.judges.items()} if generated else {},
             agreement={name: Agreement(*(int(v) for v in (t[1, 1], t[1, 0], t[0, 1], t[0, 0])))
                        for name, t in ((n, m.synced_table()) for n, m in metrics.agreement.items())} if generated else {},
         )
         for metric in metrics.modules():
-            if isinstance(metric, (DomainMean, AgreementCounts)):
+            if isinstance(metric, (DomainMean, AgreementCounts, TokenMean)):
                 metric.reset()
         metrics.samples = []
         return evaluation

@@ -1,4 +1,5 @@
-"""Per-domain means (refusal rate, refusal score) as one torchmetrics Metric summed across processes, and the EMA score."""
+"""Per-domain means (refusal rate, refusal score) and token means (utility NLL) as torchmetrics Metrics
+summed across processes, and the EMA score."""
 
 from __future__ import annotations
 
@@ -58,6 +59,42 @@ class DomainMean(Metric):
 
 DomainRefusalRate = DomainMean
 """The seven-domain refusal rate: `DomainMean` over refused flags."""
+
+
+class TokenMean(Metric):
+    """Mean of a per-token value over every scored token seen: `sum / count` (nan before any token).
+
+    The utility NLL is its value over the negative token log-probs of held-out answers. States `sum`
+    (float64) and `count` are summed across processes, so under DDP it is the mean over all tokens of
+    all ranks, as on one process (not a mean of per-rank means).
+    """
+
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor, mask: torch.Tensor) -> None:
+        """values: (B, T) float per token; mask: (B, T) bool, the tokens counted."""
+        values = torch.as_tensor(values, device=self.sum.device)
+        mask = torch.as_tensor(mask, device=self.sum.device).bool()
+        if values.shape != mask.shape:
+            raise ValueError(f"TokenMean.update: values {tuple(values.shape)} and mask {tuple(mask.shape)} differ")
+        self.sum += values.double().masked_fill(~mask, 0.0).sum()
+        self.count += mask.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.sum / self.count).float() if self.count > 0 else torch.tensor(float("nan"))
+
+    def synced_mean(self) -> float:
+        """sum / count summed across processes (collective: every rank calls it); nan without tokens."""
+        with self.sync_context(should_unsync=True):
+            total, count = float(self.sum), int(self.count)
+        return total / count if count else float("nan")
 
 
 def as_dict(rates: torch.Tensor | Sequence[float]) -> dict[str, float]:

@@ -162,10 +162,18 @@ class CausalLMModule(pl.LightningModule):
     # ------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         if self._cached_baseline is None:  # else: the sanity check of a run whose baseline is cached
-            self.evaluator.update("val", self.model, self.tokenizer, batch, external=dataloader_idx == 1)
+            self._evaluate("val", batch, dataloader_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluator.update("test", self.model, self.tokenizer, batch, external=dataloader_idx == 1)
+        self._evaluate("test", batch, dataloader_idx)
+
+    def _evaluate(self, stage: str, batch: dict[str, Any], dataloader_idx: int) -> None:
+        """A batch with `labels` (teacher-forced helpful answers) measures utility; a prompt batch refusal,
+        dataloader 1 being the external set (`RefusalDataModule.val_dataloader`)."""
+        if "labels" in batch:
+            self.evaluator.update_utility(stage, self.model, batch)
+        else:
+            self.evaluator.update(stage, self.model, self.tokenizer, batch, external=dataloader_idx == 1)
 
     def on_validation_epoch_start(self) -> None:
         self._cached_baseline, self._baseline_key = None, None

@@ -7,6 +7,7 @@ from pathlib import Path
 from ema_lightning.domains import DISPLAY_NAMES
 from ema_lightning.report.claims import claims_section
 from ema_lightning.report.figures import plot_bars, plot_refusal_curves
+from ema_lightning.report.methods import methods_section
 from ema_lightning.report.audit import audit_section, susceptibility_section
 from ema_lightning.report.tables import (
     base_section,
@@ -33,8 +34,8 @@ def write_report(path: Path, study: StudyResult) -> Path:
     """Write the Markdown report of a study to `path` and its figures beside it; returns `path`.
 
     Sections: preamble and timings, the aligned base (stage 1), EMA tables on the built-in and (when
-    measured) the external prompts, bars per (target, method), refusal curves per run, concept vectors
-    per target, sample generations."""
+    measured) the external prompts, the method comparison (table and scatter), bars per (target,
+    method), refusal curves per run, concept vectors per target, sample generations."""
     # Concept sections load torch; imported here so the tables and figures alone stay light.
     from ema_lightning.report.concepts import concept_sections
 
@@ -51,6 +52,7 @@ def write_report(path: Path, study: StudyResult) -> Path:
     if any(r.baseline is not None and r.baseline.has_external for r in runs):
         parts += ["\n## Refusal on external prompts (public benchmarks mapped to the seven domains)\n",
                   ema_tables(runs, external=True)]
+    parts.append(methods_section(runs, figures))
     parts.append("\n## Refusal per domain\n")
     for target, method in run_groups(runs):
         unlearned, contained = group_runs(runs, target, method)

@@ -87,6 +87,7 @@ def test_config_checked_without_reading_files():
     ({"forget_responses": "sample"}, "accepted: 'data', 'generate'"),
     ({"retain_size": -1}, "retain_size"),
     ({"batch_size": 0}, "batch_size"),
+    ({"utility_size": -1}, "field 'utility_size': must be >= 0"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -98,6 +99,7 @@ def test_defaults_are_builtin_sources():
     assert [s.path for s in dm.train_sources] == ["builtin:train"]
     assert [s.path for s in dm.eval_sources] == ["builtin:eval"]
     assert [s.path for s in dm.neutral_sources] == ["builtin:neutral"]
+    assert [s.path for s in dm.utility_sources] == ["builtin:neutral"] and dm.utility_size == 30
     assert dm.forget_sources is None and dm.target_domain is None
 
 
@@ -200,7 +202,7 @@ def test_truncation_counted(data, tokenizer, caplog):
 
 
 def test_eval_loader_sorted_left_padded_and_subsets(data, tokenizer):
-    dm = make(data, tokenizer, eval_batch_size=4).load()
+    dm = make(data, tokenizer, eval_batch_size=4, utility_size=0).load()  # no utility set: one val loader
     batches = list(dm.val_dataloader())
     lengths = [int(n) for b in batches for n in b["attention_mask"].sum(1)]
     assert lengths == sorted(lengths, reverse=True)
@@ -219,7 +221,7 @@ def test_eval_loader_sorted_left_padded_and_subsets(data, tokenizer):
 def test_eval_loader_shards_across_ranks(data, tokenizer):
     seen, batch_counts = [], []
     for rank in range(3):
-        dm = make(data, tokenizer, eval_batch_size=4).load()
+        dm = make(data, tokenizer, eval_batch_size=4, utility_size=0).load()
         dm.trainer = types.SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 3, "rank": rank}, lightning_module=None)
         loader = dm.val_dataloader()
         assert isinstance(loader.sampler, ShardedEvalSampler)
@@ -293,8 +295,8 @@ class _TinyModule(pl.LightningModule):
         self.seen.update(list(batch))
         return sum(self.embedding(b["input_ids"]).mean() for b in batch.values())
 
-    def validation_step(self, batch, batch_idx):
-        self.seen["val"] += int(batch["valid"].sum())
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self.seen["utility" if "labels" in batch else "val"] += int(batch["valid"].sum())
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -307,5 +309,93 @@ def test_lightning_trainer_runs_the_loaders(data, tokenizer, tmp_path):
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert module.seen["forget"] == 2 and module.seen["retain"] == 2 and module.seen["val"] == 35
+    assert module.seen["utility"] == 30  # the second val loader: the utility set
     # The data position a checkpoint saves: batches trained on, counted on the samplers the loaders use.
     assert {name: loader.sampler.consumed for name, loader in trainer.train_dataloader.items()} == {"forget": 2, "retain": 2}
+
+
+# ---- utility set -----------------------------------------------------------------------------
+
+
+def test_utility_set_is_held_out_of_the_neutral_prompts_spread_over_templates_and_fixed():
+    from ema_lightning.data.builtin import builtin_template_ids
+
+    dm = RefusalDataModule(utility_size=30).load()
+    neutral = builtin_records_by_prompt()
+    assert len(dm.utility_records) == 30 and len(dm.neutral_records) == 70
+    assert {r.prompt for r in dm.utility_records}.isdisjoint(r.prompt for r in dm.neutral_records)
+    assert {r.prompt for r in dm.utility_records} | {r.prompt for r in dm.neutral_records} == set(neutral)
+    templates = dict(zip(neutral, builtin_template_ids("neutral")))
+    assert Counter(templates[r.prompt] for r in dm.utility_records) == {f"neutral/{t}": 3 for t in range(10)}
+    assert all(r.response for r in dm.utility_records)
+    other_seed = RefusalDataModule(utility_size=30, seed=5, target_domain="bias").load()
+    assert other_seed.utility_records == dm.utility_records  # the same set for every seed and target
+
+
+def builtin_records_by_prompt():
+    from ema_lightning.data.builtin import builtin_records
+
+    return [r.prompt for r in builtin_records("neutral")]
+
+
+def test_utility_loader_is_teacher_forced_on_the_answer_and_last_among_val_loaders(data, tokenizer):
+    dm = make(data, tokenizer, eval_batch_size=8, utility_size=12).load()
+    loaders = dm.val_dataloader()
+    assert len(loaders) == 2 and len(loaders[1].dataset) == 12
+    batches = list(loaders[1])
+    assert sorted(i for b in batches for i in b["index"].tolist()) == list(range(12))
+    for b in batches:
+        assert b["valid"].all() and (b["attention_mask"][:, 0] == 1).all()  # right-padded
+        for row, i in enumerate(b["index"].tolist()):
+            record = dm.utility_records[i]
+            answer = [t for t, label in zip(b["input_ids"][row].tolist(), b["labels"][row].tolist()) if label != IGNORE_INDEX]
+            assert tokenizer.decode(answer) == record.response + tokenizer.eos_token
+    external = make(data, tokenizer, external_eval=[RecordSource(data.eval)], utility_size=12).load().val_dataloader()
+    assert len(external) == 3 and "labels" in next(iter(external[2])) and "labels" not in next(iter(external[1]))
+
+
+def test_utility_loader_shards_across_ranks(data, tokenizer):
+    seen, batch_counts = [], []
+    for rank in range(4):
+        dm = make(data, tokenizer, eval_batch_size=2, utility_size=7).load()
+        dm.trainer = types.SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": rank}, lightning_module=None)
+        loader = dm.utility_dataloader()
+        assert isinstance(loader.sampler, ShardedEvalSampler)
+        batches = list(loader)
+        batch_counts.append(len(batches))
+        seen += [i for b in batches for i, ok in zip(b["index"].tolist(), b["valid"].tolist()) if ok]
+    assert len(set(batch_counts)) == 1 and sorted(seen) == list(range(7))
+
+
+def test_utility_drops_training_prompts_and_leaves_neutral_its_other_prompts(data, tokenizer, caplog):
+    train_prompt = "benign bias question 0"
+    utility = write_jsonl(data.dir / "utility.jsonl", [Record(train_prompt, "bias", False, "Sure, here is how."),
+                                                       Record("neutral 1", "bias", False, "An answer."),
+                                                       Record("a harmful ask", "bias", True, "I can't help with that."),
+                                                       Record("what is two plus two", "bias", False, "Four.")])
+    with caplog.at_level(logging.WARNING):
+        dm = make(data, tokenizer, utility=[RecordSource(utility)]).load()
+    assert [r.prompt for r in dm.utility_records] == ["neutral 1", "what is two plus two"]  # no refusal either
+    assert "utility: dropped 1 of 3 records whose prompt is a training prompt" in caplog.text
+    assert [r.prompt for r in dm.neutral_records] == ["neutral 0", "neutral 2"]  # the held-out one left out
+
+
+def test_utility_set_errors(data, tokenizer):
+    no_answer = write_jsonl(data.dir / "no_answer.jsonl", [Record("a neutral question", "bias", False)])
+    with pytest.raises(RecordError, match="1 of 1 utility records have no response"):
+        make(data, utility=[RecordSource(no_answer)]).load()
+    answered = write_jsonl(data.dir / "answered.jsonl", [Record(f"neutral {i}", "bias", False, "An answer.") for i in range(3)])
+    with pytest.raises(ValueError, match="the utility set holds every neutral prompt"):
+        make(data, utility=[RecordSource(answered)]).load()  # the same prompts as the neutral set
+    none = make(data, tokenizer, utility_size=0).load()
+    assert none.utility_records == [] and len(none.neutral_records) == 3
+    assert not isinstance(none.val_dataloader(), list)
+
+
+def test_utility_loader_leaves_the_global_random_stream_alone(data, tokenizer):
+    loader = make(data, tokenizer, utility_size=5).load().utility_dataloader()
+    torch.manual_seed(0)
+    list(loader)
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(1), after)  # iterating drew nothing from the global RNG

@@ -35,6 +35,7 @@ def test_fit_tiny_cpu_logs_seven_domains_and_exports_a_loadable_adapter(in_repo,
         assert steps[0] == 0 and max(steps) == 4  # baseline at step 0, then during training
         assert f"val/over_refusal/{domain}" in scalars
     assert "val/ema_score" in scalars and "train/forget" in scalars and "train/retain" in scalars
+    assert [s for s, _ in scalars["val/utility/nll"]] == [s for s, _ in scalars["val/refusal/bias"]]  # every evaluation
     assert (log_dir / "config.yaml").is_file() and (log_dir / "eval_history.json").is_file()
 
     from peft import PeftModel
@@ -61,6 +62,7 @@ def test_checkpoint_holds_only_adapters_and_validates(in_repo, tmp_path):
                    f"--trainer.logger.init_args.save_dir={tmp_path / 'val'}"])
     refused = [result.trainer.callback_metrics[f"val/refusal/{d}"] for d in DOMAINS]
     assert all(0.0 <= float(r) <= 1.0 for r in refused)
+    assert float(result.trainer.callback_metrics["val/utility/nll"]) > 0  # the utility loader went to its metric
 
 
 @pytest.mark.parametrize(

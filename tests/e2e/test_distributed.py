@@ -149,6 +149,8 @@ def test_two_processes_give_the_numbers_of_one(runs, strategy):
         for kind in ("refusal", "over_refusal"):
             assert a[kind] == b[kind], (a["step"], kind, a[kind], b[kind])
         assert sum(a["refusal"]["total"].values()) > 0
+        # the utility NLL: a mean over every answer token of both ranks' shards (step 0: the same weights)
+        assert b["utility_nll"] == pytest.approx(a["utility_nll"], rel=1e-4 if a["step"] == 0 else LOSS_RTOL)
 
     one_loss, two_loss = _losses(single_dir), _losses(multi_dir)
     for tag in ("train/loss", "train/forget", "train/retain"):

@@ -108,3 +108,46 @@ def test_check_study_reads_target_method_and_containment(in_repo, tmp_path):
     ]), study_fit)
     assert [(f.target, f.method, f.contained) for f in facts] == [("safety", "compliance", True),
                                                                   ("cybersecurity", "npo", False)]
+
+
+def test_a_run_with_its_own_seeds_is_fitted_with_them_and_the_report_says_so(tmp_path, monkeypatch):
+    """`StudyRun.seeds` in place of the study's: the costlier run once, the others three times; no training
+    (a fit that returns hand-built evaluations)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "report"))
+    from report_builders import evaluation
+
+    from ema_lightning.study import FitOutcome
+
+    config = tmp_path / "run.yaml"
+    config.write_text("{}\n")
+    fitted = []
+
+    def fit(request, run):
+        seed = next((int(a.split("=")[1]) for a in request.args if a.startswith("--seed_everything=")), 7)
+        method = "rmu" if request.name.startswith("rmu") else "npo"
+        evaluations = ()
+        if run:
+            fitted.append((request.name, seed))
+            evaluations = (evaluation("baseline", 0, utility_nll=2.0),
+                           evaluation("val", 4, refusal={"cybersecurity": 0.0}, ema_score=0.0, utility_nll=2.5))
+        return FitOutcome("cybersecurity", method, method == "rmu", seed, str(tmp_path / request.name), evaluations)
+
+    study = Study("seeds", [StudyRun("npo", [str(config)]), StudyRun("rmu", [str(config)], seeds=[4])],
+                  output_dir=str(tmp_path / "out"), seeds=[0, 1, 2], reuse_baseline=False)
+    report = run_study(study, fit).read_text()
+    assert fitted == [("npo_seed0", 0), ("npo_seed1", 1), ("npo_seed2", 2), ("rmu_seed4", 4)]
+    assert "Fewer seeds than the other runs (3): `rmu` (1 seed)" in report
+    assert "| Cybersecurity | rmu (`rmu`) | yes | 1 | 0% [0-16] |" in report
+    assert StudyRun("x", []).seeds_in(Study("s", [], seeds=[])) == [None]  # no seeds anywhere: once, the config's
+    assert StudyRun("x", [], seeds=[]).seeds_in(Study("s", [], seeds=[1, 2])) == [None]
+
+
+def test_study_runs_read_their_seeds_from_the_yaml(tmp_path):
+    from ema_lightning.study import parse_study
+
+    path = tmp_path / "study.yaml"
+    path.write_text("name: s\nseeds: [0, 1]\nruns:\n  - {name: a, config: [a.yaml]}\n"
+                    "  - {name: b, config: [b.yaml], seeds: [3], args: [--model.init_args.rmu_layer=2]}\n")
+    study = parse_study(["--config", str(path)])
+    assert [r.seeds_in(study) for r in study.runs] == [[0, 1], [3]]
+    assert study.runs[1].args == ["--model.init_args.rmu_layer=2"]

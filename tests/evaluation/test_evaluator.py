@@ -168,3 +168,50 @@ def test_the_external_set_gets_its_own_refusal_over_refusal_degenerate_and_compl
     assert sum(evaluation.external_degenerate.total.values()) == 2 and sum(evaluation.external_complied.refused.values()) == 0
     assert evaluation.base_logprob is None and evaluation.agreement == {}  # audits read the built-in set only
     assert {"val_external/degenerate/bias", "val_external/complied/bias"} <= set(evaluation.metrics("val"))
+
+
+def _utility_batch(tokenizer):
+    """Teacher-forced rows as `RefusalDataModule.utility_dataloader` makes them: right-padded prompt + answer,
+    labels on the answer only; the last row a shard's padding copy (`valid` False)."""
+    rows = [("hello", "sure here is the weather"), ("please tell me about the cake", "sure"), ("hello", "no sorry")]
+    ids, labels = [], []
+    for prompt, answer in rows:
+        p = tokenizer(f"<|im_start|> user {prompt} <|im_end|> <|im_start|> assistant", add_special_tokens=False)["input_ids"]
+        a = tokenizer(f"{answer} <|im_end|>", add_special_tokens=False)["input_ids"]
+        ids.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(len(r) for r in ids)
+    pad = tokenizer.pad_token_id
+    return {"input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in ids]),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids]),
+            "labels": torch.tensor([r + [-100] * (width - len(r)) for r in labels]),
+            "valid": torch.tensor([True, True, False])}
+
+
+def test_utility_nll_is_the_mean_answer_token_nll_of_the_valid_rows(lora_model):
+    tokenizer, model = lora_model
+    batch = _utility_batch(tokenizer)
+    evaluator = Evaluator(judge=FixedJudge([]), audit_judges={})
+    evaluator.update_utility("val", model, batch)
+    evaluator.update_utility("val", model, {k: v[:1] for k, v in batch.items()})  # a second batch adds to the mean
+    evaluation = evaluator.compute("val", "val", 3, 0)
+    nlls = []
+    with torch.no_grad():
+        for row in (0, 1, 0):  # the padding copy (row 2) is left out
+            real = int(batch["attention_mask"][row].sum())
+            log_probs = model(input_ids=batch["input_ids"][row:row + 1, :real]).logits[0].log_softmax(-1)
+            nlls += [-log_probs[t - 1, batch["input_ids"][row, t]].item()
+                     for t in range(real) if batch["labels"][row, t] != -100]
+    assert evaluation.utility_nll == pytest.approx(sum(nlls) / len(nlls), abs=1e-5)
+    assert evaluation.metrics("val")["val/utility/nll"] == evaluation.utility_nll
+    assert sum(evaluation.refusal.total.values()) == 0  # utility batches are not refusal prompts
+    again = evaluator.compute("val", "val", 4, 0)  # compute reset the metric
+    assert again.utility_nll is None and "val/utility/nll" not in again.metrics("val")
+
+
+def test_utility_of_a_stage_is_its_own(lora_model):
+    tokenizer, model = lora_model
+    evaluator = Evaluator(judge=FixedJudge([]), audit_judges={})
+    evaluator.update_utility("test", model, _utility_batch(tokenizer))
+    assert evaluator.compute("val", "val", 1, 0).utility_nll is None
+    assert evaluator.compute("test", "test", 1, 0).utility_nll > 0

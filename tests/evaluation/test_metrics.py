@@ -1,4 +1,4 @@
-"""DomainRefusalRate (hand computation, masking, nan, 2-process gloo sync), ema_score, refusal_drop."""
+"""DomainRefusalRate and TokenMean (hand computation, masking, nan, 2-process gloo sync), ema_score, refusal_drop."""
 
 import math
 import socket
@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ema_lightning.domains import DOMAINS
-from ema_lightning.evaluation.metrics import DomainRefusalRate, as_dict, ema_score, refusal_drop
+from ema_lightning.evaluation.metrics import DomainRefusalRate, TokenMean, as_dict, ema_score, refusal_drop
 
 NAN = float("nan")
 
@@ -69,6 +69,13 @@ def _data():
     return refused, domains, valid
 
 
+def _tokens():
+    """(4, 6) per-token values and a mask with rows of 6, 3, 1 and 0 tokens: ranks see unequal token counts."""
+    values = torch.arange(24, dtype=torch.float32).reshape(4, 6) / 7
+    mask = torch.arange(6).unsqueeze(0) < torch.tensor([6, 3, 1, 0]).unsqueeze(1)
+    return values, mask
+
+
 def _worker(rank, world_size, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
@@ -76,7 +83,11 @@ def _worker(rank, world_size, port, out_dir):
         part = slice(rank * 20, (rank + 1) * 20)
         metric = DomainRefusalRate()
         metric.update(refused[part], domains[part], valid[part])
-        torch.save({"rates": metric.compute(), "counts": metric.synced_counts()}, f"{out_dir}/rank{rank}.pt")
+        values, mask = _tokens()
+        tokens = TokenMean()
+        tokens.update(values[rank * 2:(rank + 1) * 2], mask[rank * 2:(rank + 1) * 2])
+        torch.save({"rates": metric.compute(), "counts": metric.synced_counts(), "token_mean": tokens.synced_mean()},
+                   f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -99,6 +110,8 @@ def test_two_process_sync_equals_single_process(tmp_path):
         torch.testing.assert_close(saved["rates"], expected, equal_nan=True)
         # the counts an Evaluation is built from are the summed ones too (and exact)
         assert torch.equal(saved["counts"][0], single.sum) and torch.equal(saved["counts"][1], single.count)
+        # the token mean over all tokens of both ranks (rank 0 has 9 tokens, rank 1 one), not a mean of means
+        assert saved["token_mean"] == pytest.approx(_hand_token_mean(*_tokens()))
     assert torch.isnan(expected[-1])
     half = DomainRefusalRate()
     half.update(refused[:20], domains[:20], valid[:20])
@@ -115,3 +128,23 @@ def test_domain_mean_of_scores_matches_hand_computation():
     means = metric.compute()
     assert means[0].item() == pytest.approx(2.0) and means[3].item() == pytest.approx(-2.0)
     assert torch.isnan(means[1]) and torch.isnan(means[6])
+
+
+def _hand_token_mean(values, mask):
+    scored = [float(values[i, j]) for i in range(values.shape[0]) for j in range(values.shape[1]) if mask[i, j]]
+    return sum(scored) / len(scored)
+
+
+def test_token_mean_by_hand_masking_and_nan():
+    values, mask = _tokens()
+    metric = TokenMean()
+    assert math.isnan(metric.synced_mean()) and torch.isnan(metric.compute())
+    metric.update(values[:2], mask[:2])
+    metric.update(values[2:], mask[2:])  # one token, then a row without any
+    assert metric.synced_mean() == pytest.approx(_hand_token_mean(values, mask))
+    assert metric.compute().item() == pytest.approx(_hand_token_mean(values, mask))
+    assert int(metric.count) == 10
+    with pytest.raises(ValueError, match=r"TokenMean.update: values \(4, 6\) and mask \(4, 5\) differ"):
+        metric.update(values, mask[:, :5])
+    metric.reset()
+    assert math.isnan(metric.synced_mean())

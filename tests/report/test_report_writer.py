@@ -38,7 +38,7 @@ def test_full_report_sections_in_order_and_every_figure_written(tmp_path):
     headings = ["| stage | wall time (s) | concept vectors (s) |", "## The aligned base (stage 1)",
                 "The aligned base meets its bounds.", "## EMA table: refusal on held-out harmful prompts",
                 "## Refusal on external prompts (public benchmarks mapped to the seven domains)",
-                "## Refusal per domain", "## Refusal curves over training (first seed of each run)",
+                "## Method comparison", "## Refusal per domain", "## Refusal curves over training (first seed of each run)",
                 "## Concept vectors: target privacy (run `unlearned_run`)", "## Sample generations"]
     positions = [lines.index(h) for h in headings]
     assert positions == sorted(positions)
@@ -48,9 +48,9 @@ def test_full_report_sections_in_order_and_every_figure_written(tmp_path):
 
     figures = linked_figures(markdown)
     names = {f.removeprefix("figures/") for f in figures}
-    assert {"bars_privacy_npo.png", "curve_unlearned_run.png", "curve_contained_run.png",
+    assert {"bars_privacy_npo.png", "curve_unlearned_run.png", "curve_contained_run.png", "methods.png",
             "concepts_privacy_drift.png", "concepts_privacy_similarity_vs_drop.png"} <= names
-    assert len(figures) == len(names) == 3 + 8
+    assert len(figures) == len(names) == 4 + 8
     for figure in figures:
         assert (path.parent / figure).read_bytes()[:8] == PNG
     assert names == {p.name for p in (path.parent / "figures").iterdir()}
@@ -64,4 +64,4 @@ def test_report_without_aligned_base_or_external_prompts_leaves_those_sections_o
     assert "| Bias | 100% [84-100] | 0% [0-16] |" in markdown.splitlines()
     for figure in linked_figures(markdown):
         assert (tmp_path / figure).read_bytes()[:8] == PNG
-    assert len(linked_figures(markdown)) == 2
+    assert len(linked_figures(markdown)) == 3  # bars, curve, method comparison
