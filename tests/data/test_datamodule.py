@@ -218,17 +218,19 @@ def test_eval_loader_sorted_left_padded_and_subsets(data, tokenizer):
     assert len(dm.test_dataloader().dataset) == 35
 
 
-def test_eval_loader_shards_across_ranks(data, tokenizer):
+@pytest.mark.parametrize(("loader", "replicas", "batch_size", "utility_size", "count"),
+                         [("val_dataloader", 3, 4, 0, 35), ("utility_dataloader", 4, 2, 7, 7)])
+def test_eval_and_utility_loaders_shard_across_ranks(data, tokenizer, loader, replicas, batch_size, utility_size, count):
     seen, batch_counts = [], []
-    for rank in range(3):
-        dm = make(data, tokenizer, eval_batch_size=4, utility_size=0).load()
-        dm.trainer = types.SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 3, "rank": rank}, lightning_module=None)
-        loader = dm.val_dataloader()
-        assert isinstance(loader.sampler, ShardedEvalSampler)
-        batches = list(loader)
+    for rank in range(replicas):
+        dm = make(data, tokenizer, eval_batch_size=batch_size, utility_size=utility_size).load()
+        dm.trainer = types.SimpleNamespace(distributed_sampler_kwargs={"num_replicas": replicas, "rank": rank}, lightning_module=None)
+        shard = getattr(dm, loader)()
+        assert isinstance(shard.sampler, ShardedEvalSampler)
+        batches = list(shard)
         batch_counts.append(len(batches))
         seen += [i for b in batches for i, ok in zip(b["index"].tolist(), b["valid"].tolist()) if ok]
-    assert len(set(batch_counts)) == 1 and sorted(seen) == list(range(35))
+    assert len(set(batch_counts)) == 1 and sorted(seen) == list(range(count))
 
 
 def test_tokenizer_and_generation_only_through_connect(data, tokenizer):
@@ -352,19 +354,6 @@ def test_utility_loader_is_teacher_forced_on_the_answer_and_last_among_val_loade
             assert tokenizer.decode(answer) == record.response + tokenizer.eos_token
     external = make(data, tokenizer, external_eval=[RecordSource(data.eval)], utility_size=12).load().val_dataloader()
     assert len(external) == 3 and "labels" in next(iter(external[2])) and "labels" not in next(iter(external[1]))
-
-
-def test_utility_loader_shards_across_ranks(data, tokenizer):
-    seen, batch_counts = [], []
-    for rank in range(4):
-        dm = make(data, tokenizer, eval_batch_size=2, utility_size=7).load()
-        dm.trainer = types.SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 4, "rank": rank}, lightning_module=None)
-        loader = dm.utility_dataloader()
-        assert isinstance(loader.sampler, ShardedEvalSampler)
-        batches = list(loader)
-        batch_counts.append(len(batches))
-        seen += [i for b in batches for i, ok in zip(b["index"].tolist(), b["valid"].tolist()) if ok]
-    assert len(set(batch_counts)) == 1 and sorted(seen) == list(range(7))
 
 
 def test_utility_drops_training_prompts_and_leaves_neutral_its_other_prompts(data, tokenizer, caplog):
