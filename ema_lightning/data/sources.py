@@ -468,6 +468,13 @@ def load_records(source: RecordSource | str, report: LoadReport | None = None) -
         if kind == "suite":
             records, suite = load_suite(source.path, source.split)
             local.rows = sum(m.rows for m in suite.members)
+            for m in suite.members:  # every row read is a record or a counted drop
+                for why, count in (("no domain", m.rows - m.mapped), ("duplicate", m.duplicates),
+                                   ("near-duplicate", m.near_duplicates), ("harmful/benign conflict", m.conflicts)):
+                    if count:
+                        local.dropped[f"{m.name}: {why}"] += count
+            if sum(m.kept for m in suite.members) > len(records):
+                local.dropped[f"not in split {source.split}"] += sum(m.kept for m in suite.members) - len(records)
         else:
             records = _builtin(source)
             local.rows = len(records)

@@ -208,4 +208,4 @@ def test_a_bad_value_prints_its_own_message_first(in_repo, tmp_path, capsys, mon
     monkeypatch.setattr(sys, "argv", ["ema-lightning", *_fit_args(tmp_path, "--model.init_args.beta=-1")])
     assert run() == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "ema-lightning: error: beta must be > 0 (NPO inverse temperature), got -1.0"
+    assert err[-1] == "ema-lightning: error: beta must be > 0 (NPO / SimNPO / DPO inverse temperature), got -1.0"
