@@ -186,6 +186,11 @@ class Sample:
     refused: bool
 
 
+def withheld_from(complied: DomainRates) -> DomainRates:
+    """Harmful prompts NOT answered coherently (refused or degenerate), from the counts of those that were."""
+    return DomainRates({d: complied.total[d] - complied.refused[d] for d in DOMAINS}, complied.total)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """What one evaluation measured on the eval prompts of all seven domains."""
@@ -247,9 +252,14 @@ class Evaluation:
     def withheld(self) -> DomainRates:
         """Harmful prompts NOT answered coherently (refused or degenerate): what the EMA score is a drop
         of, so a model that breaks does not count as one that complies; refusal without generated text."""
-        if self.complied is None:
-            return self.refusal
-        return DomainRates({d: self.complied.total[d] - self.complied.refused[d] for d in DOMAINS}, self.complied.total)
+        return self.refusal if self.complied is None else withheld_from(self.complied)
+
+    @property
+    def external_withheld(self) -> Optional[DomainRates]:
+        """As `withheld`, on the external harmful prompts (None without an external set)."""
+        if self.external_complied is None:
+            return self.external_refusal
+        return withheld_from(self.external_complied)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat scalars for the loggers: `<prefix>/refusal/<domain>`, `.../mean`, over-refusal, scores,

@@ -100,7 +100,8 @@ class LoadReport:
     rows: int = 0
     records: int = 0
     dropped: Counter = field(default_factory=Counter)
-    """Category value -> rows dropped because it maps to null."""
+    """Reason -> rows dropped: `column=value` for a category that maps to null; for a suite,
+    `<member>: <why>` (duplicate, near-duplicate, harmful/benign conflict) and `not in split <s>`."""
     defaulted: Counter = field(default_factory=Counter)
     """Category value -> rows that took the "*" default because the value was not in the mapping."""
     duplicates: int = 0
@@ -535,7 +536,7 @@ def read_suite(path: str) -> tuple[dict[str, list[Record]], SuiteReport]:
 def _log_report(path: str, report: LoadReport) -> None:
     log.info("%s: %d rows read, %d records kept", path, report.rows, report.records)
     if report.dropped:
-        log.info("%s: dropped %d rows whose category maps to no domain: %s", path, sum(report.dropped.values()), dict(report.dropped))
+        log.info("%s: dropped %d rows (reason: rows): %s", path, sum(report.dropped.values()), dict(report.dropped))
     if report.defaulted:
         log.warning("%s: %d rows had categories not in the mapping and took the '*' default: %s", path, sum(report.defaulted.values()), dict(report.defaulted))
 

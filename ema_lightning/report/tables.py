@@ -201,13 +201,6 @@ def _over_refusal_table(columns: Sequence[tuple[str, Sequence[Optional[Evaluatio
     return "\n".join(lines) + "\n"
 
 
-def _withheld(counts: Optional[DomainRates]) -> Optional[DomainRates]:
-    """Harmful prompts not answered coherently, from the counts of those that were (`complied`)."""
-    if counts is None:
-        return None
-    return DomainRates({d: counts.total[d] - counts.refused[d] for d in DOMAINS}, counts.total)
-
-
 def _ema_lines(base: Optional[Evaluation], groups, target: Optional[str], external: bool = False) -> list[str]:
     """`EMA score (kind): mean over seeds [bootstrap interval over prompts and seeds] (what it measures)`;
     on the external prompts the score is computed here from their counts, as the module computes it
@@ -226,7 +219,8 @@ def _ema_lines(base: Optional[Evaluation], groups, target: Optional[str], extern
         complied = _field("complied", external)
         coherent = getattr(base, complied) is not None and all(getattr(e, complied) is not None for e in finals)
         if coherent:
-            before, counts = _withheld(getattr(base, complied)), [_withheld(getattr(e, complied)) for e in finals]
+            withheld = _field("withheld", external)
+            before, counts = getattr(base, withheld), [getattr(e, withheld) for e in finals]
         else:
             before, counts = getattr(base, _field("refusal", external)), [getattr(e, _field("refusal", external)) for e in finals]
         score = nanmean(ema_score(before.rates, c.rates, target) for c in counts) if external else nanmean(e.ema_score for e in finals)
