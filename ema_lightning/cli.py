@@ -1,4 +1,4 @@
-"""Command line: `ema-lightning fit|validate|test|study|extract`; the top of the import graph.
+"""Command line: `ema-lightning fit|validate|test|study|ablate|extract|suite`; the top of the import graph.
 
 fit / validate / test are LightningCLI subcommands over any `CausalLMModule` subclass and the
 `RefusalDataModule` (configs use class_path/init_args). `study` runs a whole EMA study from a study
@@ -32,12 +32,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "num_sanity_val_steps": -1,  # the full eval set before training: the baseline of the EMA score
 }
 
-USAGE = """usage: ema-lightning {fit,validate,test,study,extract,suite} [--config CONFIG.yaml] [--help]
+USAGE = """usage: ema-lightning {fit,validate,test,study,ablate,extract,suite} [--config CONFIG.yaml] [--help]
 
   fit        train (alignment or refusal unlearning), evaluating refusal in all seven domains
   validate   measure refusal per domain of a model or checkpoint
   test       same as validate, on the test loop
   study      run a whole EMA study (baseline, unlearning, containment, report) from a study YAML
+  ablate     refusal-direction ablation: evaluate, project the refusal direction out, evaluate again
   extract    write concept vectors per domain and layer of any model or checkpoint
   suite      count a prompt suite's prompts per domain and split (e.g. configs/data/public_suite.yaml)
 """
@@ -57,7 +58,9 @@ class StepProgressBar(RichProgressBar):
 class EMALightningCLI(LightningCLI):
     """LightningCLI with the project's defaults; data is validated before the model loads."""
 
-    def __init__(self, args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(self, args: Optional[list[str]] = None, run: bool = True, ablate: bool = False, **kwargs: Any) -> None:
+        self.ablate = ablate
+        """`ema-lightning ablate`: the model must be a RefusalAblationModule."""
         kwargs.setdefault("model_class", CausalLMModule)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("datamodule_class", RefusalDataModule)
@@ -99,6 +102,20 @@ class EMALightningCLI(LightningCLI):
         check_run_folder(self.trainer.log_dir, self.config["fit"].get("ckpt_path"))
 
     before_validate = before_test = _connect_data
+
+    def fit(self, model: CausalLMModule, **kwargs: Any) -> None:
+        """`trainer.fit`, except for a `RefusalAblationModule`, which trains nothing: evaluate, ablate the
+        refusal direction, evaluate again (`modules.ablation.run_ablation`)."""
+        from ema_lightning.modules.ablation import RefusalAblationModule, run_ablation
+
+        if self.ablate and not isinstance(model, RefusalAblationModule):
+            raise ValueError(f"ema-lightning ablate: the model is a {type(model).__name__}; add an ablation preset "
+                             "after the model config, e.g. --config configs/ablation/refusal_direction.yaml")
+        if not isinstance(model, RefusalAblationModule):
+            return self.trainer.fit(model, **kwargs)
+        if kwargs.get("ckpt_path"):
+            raise ValueError("an ablation run trains nothing and has no checkpoint to resume: drop --ckpt_path")
+        return run_ablation(self.trainer, model, kwargs.get("datamodule"))
 
 
 def check_resume_settings(ckpt_path: str, model_config: Any) -> None:
@@ -265,6 +282,8 @@ def main(args: Optional[list[str]] = None) -> Any:
             return study_main(argv[1:], quiet_study_fit)
         if argv[0] == "suite":
             return suite_main(argv[1:])
+        if argv[0] == "ablate":
+            return EMALightningCLI(args=["fit", *argv[1:]], ablate=True)
         if argv[0] == "extract":
             from ema_lightning.concepts.extract import extract_main
 

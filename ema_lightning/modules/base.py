@@ -175,21 +175,33 @@ class CausalLMModule(pl.LightningModule):
         else:
             self.evaluator.update(stage, self.model, self.tokenizer, batch, external=dataloader_idx == 1)
 
+    def _baseline_pass(self) -> bool:
+        """Whether the running validation measures the model before training (the sanity check)."""
+        return self.trainer.sanity_checking
+
+    def _evaluation_step(self) -> int:
+        """The optimizer step an evaluation describes (0 for the baseline)."""
+        return 0 if self._baseline_pass() else self.global_step
+
+    def _baseline_batches(self) -> Any:
+        """How many batches of each eval loader the baseline reads (part of its cache key)."""
+        return self.trainer.num_sanity_val_steps
+
     def on_validation_epoch_start(self) -> None:
         self._cached_baseline, self._baseline_key = None, None
-        if self.trainer.sanity_checking and self.baseline_cache is not None:
+        if self._baseline_pass() and self.baseline_cache is not None:
             self._baseline_key = self.baseline_cache.key(
                 "evaluation", self.backbone, self.model, self.trainer, loaders=loader_keys(self.trainer.val_dataloaders),
-                sanity_batches=self.trainer.num_sanity_val_steps, evaluator=self.evaluator.settings())
+                sanity_batches=self._baseline_batches(), evaluator=self.evaluator.settings())
             if self._baseline_key is not None:
                 self._cached_baseline = self.baseline_cache.load_evaluation(self._baseline_key, self.trainer)
                 if self._cached_baseline is not None:
                     log.info("baseline evaluation reused from %s", self.baseline_cache.directory)
 
     def on_validation_epoch_end(self) -> None:
-        sanity = self.trainer.sanity_checking
+        sanity = self._baseline_pass()
         evaluation = self._cached_baseline if sanity and self._cached_baseline is not None else \
-            self.evaluator.compute("val", "baseline" if sanity else "val", 0 if sanity else self.global_step, self.current_epoch)
+            self.evaluator.compute("val", "baseline" if sanity else "val", self._evaluation_step(), self.current_epoch)
         if sanity and self._cached_baseline is None and self._baseline_key is not None:
             self.baseline_cache.store_evaluation(self._baseline_key, evaluation, self.trainer)
         if sanity or (self.baseline is None and self.global_step == 0):

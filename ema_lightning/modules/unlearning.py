@@ -28,6 +28,7 @@ from ema_lightning.data.collate import (
     prompt_rows,
 )
 from ema_lightning.data.records import Record
+from ema_lightning.layers import decoder_layers, layer_output
 from ema_lightning.modules.base import CausalLMModule
 from ema_lightning.objectives import (
     activation_mse,
@@ -331,16 +332,6 @@ class RefusalUnlearningModule(CausalLMModule):
         return cross_entropy_loss(logits, forget["labels"])
 
 
-def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers of a (peft-wrapped) causal LM in order: modules whose class ends in `DecoderLayer`
-    (the rule `distributed.shard_model` shards by)."""
-    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no decoder layers (no module class ending in 'DecoderLayer'); "
-                         "RMU needs one to read hidden states from")
-    return layers
-
-
 def layer_index(model: torch.nn.Module, layer: int) -> int:
     """`layer` as a non-negative index into `decoder_layers(model)` (negative counts from the end)."""
     count = len(decoder_layers(model))
@@ -348,21 +339,6 @@ def layer_index(model: torch.nn.Module, layer: int) -> int:
         raise ValueError(f"model.init_args.rmu_layer={layer}, but the model has {count} decoder layers; "
                          f"give an index in [{-count}, {count - 1}] (WMDP uses 7 of Zephyr-7B's 32)")
     return layer % count
-
-
-@contextlib.contextmanager
-def layer_output(layer: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the hidden states a decoder layer outputs (its first output) while the context is open."""
-    captured: list[torch.Tensor] = []
-
-    def hook(module, args, output) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        yield captured
-    finally:
-        handle.remove()
 
 
 def example_checksums(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
