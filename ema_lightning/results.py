@@ -17,6 +17,9 @@ from typing import Any, Mapping, Optional, Sequence
 from ema_lightning.domains import DOMAINS
 
 STAGES = ("baseline", "val", "test")
+ABLATION_METHODS = ("refusal_ablation", "domain_ablation")
+"""Methods of runs that ablate a direction instead of training (`RefusalAblationModule`): compared
+beside unlearning in the report, but no evidence for the paper's claims about unlearning."""
 """`baseline`: before training (step 0); `val`: an evaluation during or after fit; `test`: the test loop."""
 
 

@@ -34,6 +34,7 @@ from ema_lightning.evaluation.judges import LogitRefusalJudge
 from ema_lightning.export import Export, export_model
 from ema_lightning.layers import DirectionalAblation, orthogonalize_weights
 from ema_lightning.modules.base import CausalLMModule
+from ema_lightning.results import ABLATION_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class RefusalAblationModule(CausalLMModule):
 
     @property
     def method(self) -> str:
-        return f"{self.direction_kind}_ablation"
+        return ABLATION_METHODS[("refusal", "domain").index(self.direction_kind)]
 
     @property
     def ablated(self) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS
 from ema_lightning.report.tables import group_runs, interval_cell, pooled, run_groups
 from ema_lightning.results import (
+    ABLATION_METHODS,
     DomainRates,
     Evaluation,
     RunResult,
@@ -47,7 +48,8 @@ def _seeds(runs: Sequence[RunResult], target: str | None, method: str, contained
 
 
 def _targets(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
-    return [(t, m) for t, m in run_groups(runs) if t is not None]
+    """The (target, method) pairs of the unlearning runs (ablation runs train nothing: no claim is about them)."""
+    return [(t, m) for t, m in run_groups(runs) if t is not None and m not in ABLATION_METHODS]
 
 
 def _off(counts: DomainRates, domains: Sequence[str]) -> tuple[float, float, float]:

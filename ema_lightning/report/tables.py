@@ -9,6 +9,7 @@ from typing import Optional
 
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS
 from ema_lightning.results import (
+    ABLATION_METHODS,
     DomainRates,
     Evaluation,
     RunResult,
@@ -148,9 +149,9 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
     for target, method in run_groups(runs):
         unlearned, contained = group_runs(runs, target, method)
         base_eval = (unlearned or contained)[0].baseline
+        kinds = (("ablated" if method in ABLATION_METHODS else "unlearned", unlearned), ("contained", contained))
         columns = [("base", [base_eval])]
-        columns += [(_label(kind, group), [r.final for r in group]) for kind, group in
-                    (("unlearned", unlearned), ("contained", contained)) if group]
+        columns += [(_label(kind, group), [r.final for r in group]) for kind, group in kinds if group]
         broken = all(e is not None and getattr(e, broken_what) is not None for _, es in columns for e in es)
         header, cells = [], []
         for label, evaluations in columns:
@@ -176,7 +177,7 @@ def ema_tables(runs: Sequence[RunResult], external: bool = False) -> str:
             if same:
                 lines.append(f"\nWithin noise of the base ({label.split(' ')[0]}; the 95% intervals overlap): "
                              + ", ".join(DISPLAY_NAMES[d] for d in same) + ".")
-        lines.extend(_ema_lines(base_eval, (("unlearned", unlearned), ("contained", contained)), target, external))
+        lines.extend(_ema_lines(base_eval, kinds, target, external))
         lines.append(_over_refusal_table(columns, external))
     return "\n".join(lines)
 

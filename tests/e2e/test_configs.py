@@ -28,6 +28,7 @@ def _names(folder: str) -> list[str]:
 
 MODELS_7B = ["configs/models/qwen2.5-7b-instruct.yaml", "configs/models/mistral-7b-instruct-v0.3.yaml"]
 UNLEARNING = _names("unlearning")
+ABLATION = _names("ablation")
 STRATEGIES = _names("strategies")
 GPU_STRATEGIES = [s for s in STRATEGIES if not s.endswith("_cpu.yaml")]
 EXTERNAL = _names("data/external")
@@ -74,7 +75,7 @@ def _print_config(files: list[str], *extra: str) -> dict:
 
 
 def test_every_config_is_checked():
-    checked = {f for combo in FIT_COMBINATIONS for f in combo} | set(MODELS_7B) | set(UNLEARNING) | set(EXTERNAL) | set(SUITES) | set(STUDIES) | set(JUDGES)
+    checked = {f for combo in FIT_COMBINATIONS for f in combo} | set(MODELS_7B) | set(UNLEARNING) | set(ABLATION) | set(EXTERNAL) | set(SUITES) | set(STUDIES) | set(JUDGES)
     study_configs = set()
     for study in STUDIES:
         spec = yaml.safe_load((ROOT / study).read_text())
@@ -118,6 +119,21 @@ def test_7b_presets_with_each_unlearning_config(model, unlearning, no_weights):
     assert cli.datamodule.target_domain == target
     assert cli.datamodule.forget_records and {r.domain for r in cli.datamodule.forget_records} == {target}
     assert cli.model.model is None  # nothing loaded: configure_model was not called
+
+
+@pytest.mark.parametrize("ablation", ABLATION, ids=lambda f: Path(f).stem)
+@pytest.mark.parametrize("model", MODELS_7B, ids=lambda f: Path(f).stem)
+def test_7b_presets_with_each_ablation_config(model, ablation, no_weights):
+    from ema_lightning.cli import EMALightningCLI
+    from ema_lightning.modules import RefusalAblationModule
+
+    cli = EMALightningCLI(args=["--config", model, "--config", ablation, "--data.target_domain=safety",
+                                "--trainer.accelerator=cpu", "--trainer.logger=false"], run=False)
+    preset = yaml.safe_load((ROOT / ablation).read_text())
+    assert isinstance(cli.model, RefusalAblationModule)
+    assert cli.model.direction_kind == preset["model"]["init_args"]["direction"]
+    assert cli.model.export == "none" and cli.model.model is None
+    assert cli.model.backbone.name_or_path == yaml.safe_load((ROOT / model).read_text())["model"]["init_args"]["backbone"]["name_or_path"]
 
 
 @pytest.mark.parametrize("strategy", ["configs/strategies/ddp.yaml", "configs/strategies/fsdp2_cpu.yaml"], ids=lambda f: Path(f).stem)
