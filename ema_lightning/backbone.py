@@ -93,6 +93,10 @@ class Backbone:
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     lora: LoraSettings | None = None
     """LoRA adapters; None: full fine-tuning of every weight."""
+    adapter: str | None = None
+    """A PEFT LoRA adapter folder (e.g. a run's `export/adapter`) loaded onto the base, trainable, in place
+    of fresh adapters: training continues from that run (the study's relearning check). Needs `lora`
+    (its settings are then the adapter's own)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -117,6 +121,13 @@ class Backbone:
             raise ValueError(f"Backbone.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.lora is not None and not isinstance(self.lora, LoraSettings):
             raise ValueError(f"Backbone.lora must be LoraSettings or null, got {type(self.lora).__name__}")
+        if self.adapter is not None:
+            if self.lora is None:
+                raise ValueError("Backbone.adapter continues a LoRA run: set Backbone.lora as well (its reference "
+                                 "policy is the base with the adapter disabled)")
+            if not (Path(self.adapter) / "adapter_config.json").is_file():
+                raise ValueError(f"Backbone.adapter: {self.adapter} has no adapter_config.json: not a PEFT adapter "
+                                 "folder (e.g. <run>/export/adapter)")
 
 
 def _is_linear(module: torch.nn.Module) -> bool:
@@ -406,7 +417,11 @@ def load_model(b: Backbone) -> torch.nn.Module:
         if b.lora is not None:
             # Frozen embeddings would otherwise cut the graph before the first checkpointed block.
             model.enable_input_require_grads()
-    if b.lora is not None:
+    if b.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, b.adapter, is_trainable=True)
+    elif b.lora is not None:
         model = _apply_lora(model, b.lora)
     return model
 

@@ -420,23 +420,28 @@ class StudyResult:
     """Wall seconds per stage (`aligned base`, each run name, `total`)."""
     judge_accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     """{labelled file: {judge name: accuracy}}: the runs' judges against human labels (`Study.judge_labels`)."""
+    relearning: tuple[RunResult, ...] = ()
+    """The relearning check (`Study.relearn`): one fit per checked run, `group` naming the run it continues."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(self.runs))
         object.__setattr__(self, "base_evaluations", tuple(self.base_evaluations))
+        object.__setattr__(self, "relearning", tuple(self.relearning))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "runs": [r.to_dict() for r in self.runs],
                 "base_evaluations": [e.to_dict() for e in self.base_evaluations],
                 "base_verdict": self.base_verdict, "timings": dict(self.timings),
-                "judge_accuracy": {f: dict(a) for f, a in self.judge_accuracy.items()}}
+                "judge_accuracy": {f: dict(a) for f, a in self.judge_accuracy.items()},
+                "relearning": [r.to_dict() for r in self.relearning]}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StudyResult:
         return cls(name=data["name"], runs=tuple(RunResult.from_dict(r) for r in data["runs"]),
                    base_evaluations=tuple(Evaluation.from_dict(e) for e in data.get("base_evaluations", ())),
                    base_verdict=data.get("base_verdict", ""), timings=dict(data.get("timings", {})),
-                   judge_accuracy={f: dict(a) for f, a in (data.get("judge_accuracy") or {}).items()})
+                   judge_accuracy={f: dict(a) for f, a in (data.get("judge_accuracy") or {}).items()},
+                   relearning=tuple(RunResult.from_dict(r) for r in data.get("relearning", ())))
 
     def save(self, path: Path) -> Path:
         path = Path(path)

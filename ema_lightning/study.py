@@ -48,6 +48,26 @@ class BaseStage:
 
 
 @dataclass
+class RelearnStage:
+    """The relearning check: after the runs, a few steps of fine-tuning on the target's refusals alone,
+    continuing each unlearned run's adapter; the report says after how many steps refusal returns in
+    each domain (behaviour removed, or only hidden?)."""
+
+    max_steps: int = 16
+    """Relearning steps (cross-entropy on the target domain's refusals, the run's other settings kept)."""
+    val_check_interval: Optional[int] = None
+    """Evaluate every this many steps (None: only at the end); a run config's `EvalSchedule` decides instead."""
+    runs: list[str] = field(default_factory=list)
+    """Study runs to check (their first seed); empty: every run without retain loss that trained an adapter."""
+    args: list[str] = field(default_factory=list)
+    """Extra arguments of every relearning fit, e.g. `--model.init_args.optimizer.init_args.lr=1e-3`."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"relearn.max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass
 class StudyRun:
     """One unlearning run; its target, method and containment are read from its resolved config."""
 
@@ -93,6 +113,8 @@ class Study:
     judge_labels: list[str] = field(default_factory=list)
     """Human-labelled responses (JSONL: prompt, response, refused; a path or `package:<pkg>/<file>`) on
     which the report's judge audit measures the accuracy of the first run's judges."""
+    relearn: Optional[RelearnStage] = None
+    """The relearning check after the runs (None: none)."""
     reuse_baseline: bool = True
     """Runs that start from the same base with a fresh adapter and share the eval prompts measure their
     step-0 evaluation and concept vectors once (`CausalLMModule.baseline_cache`, in `<output_dir>/baseline_cache`)."""
@@ -299,17 +321,72 @@ def run_study(study: Study, fit: Fit) -> Path:
         if final is not None and fact.target is not None:
             print(f"[study] run {k}/{len(planned)}: {request.name} done in {wall:.0f} s; target refusal "
                   f"{100 * final.refusal[fact.target]:.0f}%, mean refusal {100 * final.refusal.mean():.0f}%")
+    relearned = run_relearning(study, runs, [r.args for r, _, _ in planned], fit, overrides[:1] if study.base else []) \
+        if study.relearn else []
+    for r in relearned:
+        timings[r.name] = r.wall_s
     accuracy = {}
     if study.judge_labels and facts and facts[0].judges:
         from ema_lightning.evaluation.labelled import audit_judges
 
         accuracy = audit_judges(dict(facts[0].judges), study.judge_labels)
     timings["total"] = time.perf_counter() - start
-    result = StudyResult(study.name, tuple(runs), tuple(base_evaluations), verdict, timings, accuracy)
+    result = StudyResult(study.name, tuple(runs), tuple(base_evaluations), verdict, timings, accuracy, tuple(relearned))
     result.save(Path(study.output_dir) / "results.json")
     path = write_report(Path(study.output_dir) / "report.md", result)
     print(f"[study] report: {path}")
     return path
+
+
+def relearn_requests(study: Study, runs: list[RunResult], run_args: list[list[str]],
+                     overrides: list[tuple[str, str]]) -> list[tuple[RunResult, FitRequest]]:
+    """(unlearned run, its relearning fit): the first seed of each chosen run without retain loss whose
+    adapter was exported; the fit continues that adapter on the target's refusals (`forget_objective:
+    relearn`, no retain terms) for `relearn.max_steps` steps."""
+    from ema_lightning.results import ABLATION_METHODS
+
+    stage = study.relearn
+    by_name = {r.name: r for r in study.runs}
+    unknown = sorted(set(stage.runs) - set(by_name))
+    if unknown:
+        raise StudyError(f"relearn.runs: {unknown} are not runs of this study ({', '.join(by_name)})")
+    chosen, seen = [], set()
+    for result, args in zip(runs, run_args):
+        if result.group in seen or result.contained or result.method in ABLATION_METHODS:
+            continue
+        if stage.runs and result.group not in stage.runs:
+            continue
+        seen.add(result.group)
+        adapter = Path(result.log_dir) / "export" / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            log.warning("relearning check: run %s exported no adapter (%s); it is not checked", result.name, adapter)
+            continue
+        interval = stage.val_check_interval or stage.max_steps
+        relearn_args = [*args, f"--seed_everything={result.seed}", "--model.init_args.forget_objective=relearn",
+                        "--model.init_args.gamma=1.0", "--model.init_args.alpha=0.0", "--model.init_args.retain_kl=0.0",
+                        "--data.forget=null", "--data.forget_responses=data", f"--model.init_args.backbone.adapter={adapter}",
+                        f"--trainer.max_steps={stage.max_steps}", f"--trainer.val_check_interval={interval}",
+                        "--model.init_args.export=none", *stage.args]
+        if study.workers > 1:
+            relearn_args.append("--trainer.enable_progress_bar=false")
+        config = by_name[result.group].config
+        chosen.append((result, _request(study, f"{result.name}_relearn", config, relearn_args, overrides)))
+    return chosen
+
+
+def run_relearning(study: Study, runs: list[RunResult], run_args: list[list[str]], fit: Fit,
+                   overrides: list[tuple[str, str]]) -> list[RunResult]:
+    """Fit the relearning check of every chosen run (`relearn_requests`); its results, named
+    `<run>_relearn`, each with `group` the unlearned run it continues."""
+    pairs = relearn_requests(study, runs, run_args, overrides)
+    facts = [FitOutcome(r.target, "relearn", False, r.seed) for r, _ in pairs]
+    planned = [(None, fact, None) for fact in facts]
+    results = []
+    for (result, request), (outcome, wall) in zip(pairs, _fit_all([q for _, q in pairs], fit, study.workers, planned)):
+        results.append(RunResult(request.name, result.target, "relearn", False, result.seed, str(outcome.log_dir),
+                                 outcome.evaluations, wall, outcome.concept_s, group=result.name))
+        print(f"[study] relearning {result.name}: done in {wall:.0f} s")
+    return results
 
 
 def _fit_all(requests: list[FitRequest], fit: Fit, workers: int, planned) -> Iterator[tuple[FitOutcome, float]]:
@@ -357,7 +434,9 @@ def parse_study(argv: list[str]) -> Study:
     runs = [r if isinstance(r, StudyRun) else StudyRun(**r) for r in values.pop("runs")]
     base = values.pop("base")
     base = base if (base is None or isinstance(base, BaseStage)) else BaseStage(**base)
-    return Study(runs=runs, base=base, **values)
+    relearn = values.pop("relearn", None)
+    relearn = relearn if (relearn is None or isinstance(relearn, RelearnStage)) else RelearnStage(**relearn)
+    return Study(runs=runs, base=base, relearn=relearn, **values)
 
 
 def study_main(argv: list[str], fit: Fit) -> Path:

@@ -43,7 +43,7 @@ from ema_lightning.objectives import (
     token_log_probs,
 )
 
-ForgetObjective = Literal["npo", "simnpo", "dpo", "rmu", "gradient_ascent", "compliance"]
+ForgetObjective = Literal["npo", "simnpo", "dpo", "rmu", "gradient_ascent", "compliance", "relearn"]
 FORGET_OBJECTIVES: tuple[str, ...] = get_args(ForgetObjective)
 COMPLIANT_FORGET = ("compliance", "dpo")
 """Forget objectives that train toward the forget records' responses, which must be compliant."""
@@ -56,8 +56,9 @@ class RefusalUnlearningModule(CausalLMModule):
         forget_objective: `npo` (on the model's refusals), `simnpo` (on the refusals, no reference),
             `dpo` (the forget records' compliant responses chosen over the reference model's own greedy
             response, its refusal), `rmu` (hidden states of the forget records steered to a random
-            direction), `gradient_ascent` (on the refusals), or `compliance` (cross-entropy on
-            compliant responses to the forget prompts).
+            direction), `gradient_ascent` (on the refusals), `compliance` (cross-entropy on
+            compliant responses to the forget prompts), or `relearn` (cross-entropy on the refusals: the
+            study's relearning check, continuing an unlearned run's adapter, `Backbone.adapter`).
         beta: inverse temperature of NPO, SimNPO and DPO (> 0).
         gamma: weight of the forget term (>= 0).
         alpha: weight of the retain term (>= 0; 0 = no containment): the retain cross-entropy, or under
@@ -134,6 +135,16 @@ class RefusalUnlearningModule(CausalLMModule):
         if self.gamma > 0 and not forget:
             raise ValueError(f"model.init_args.gamma={self.gamma} weighs the forget term, but the forget set is empty; "
                              "set data.target_domain and give forget data, or set gamma to 0")
+        if self.forget_objective == "relearn" and self.gamma > 0:
+            if forget_responses == "generate":
+                raise ValueError("forget_objective 'relearn' trains toward the target's refusals, but data.forget_responses "
+                                 "is 'generate' (the unlearned model's own, compliant responses); use 'data'")
+            refused = self.evaluator.judge([r.response or "" for r in forget])
+            if sum(refused) < len(refused) / 2:
+                raise ValueError(
+                    f"forget_objective 'relearn' trains toward refusals, but only {sum(refused)} of {len(refused)} "
+                    f"forget responses are refusals ({type(self.evaluator.judge).__name__}); give the target's refusals "
+                    "in data.forget (the built-in train data by default: drop a `builtin:compliance` forget source)")
         if self.forget_objective in COMPLIANT_FORGET and self.gamma > 0:
             name = self.forget_objective
             if forget_responses == "generate":
@@ -329,7 +340,7 @@ class RefusalUnlearningModule(CausalLMModule):
             return dpo_loss(chosen, rejected, reference_chosen, reference_rejected, self.beta)
         if objective == "gradient_ascent":
             return gradient_ascent_loss(logits, forget["labels"])
-        return cross_entropy_loss(logits, forget["labels"])
+        return cross_entropy_loss(logits, forget["labels"])  # compliance, relearn
 
 
 def layer_index(model: torch.nn.Module, layer: int) -> int:

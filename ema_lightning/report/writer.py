@@ -8,6 +8,7 @@ from ema_lightning.domains import DISPLAY_NAMES
 from ema_lightning.report.claims import claims_section
 from ema_lightning.report.figures import plot_bars, plot_refusal_curves
 from ema_lightning.report.methods import methods_section
+from ema_lightning.report.relearning import relearning_section
 from ema_lightning.report.audit import audit_section, susceptibility_section
 from ema_lightning.report.tables import (
     base_section,
@@ -35,7 +36,8 @@ def write_report(path: Path, study: StudyResult) -> Path:
 
     Sections: preamble and timings, the aligned base (stage 1), EMA tables on the built-in and (when
     measured) the external prompts, the method comparison (table and scatter), bars per (target,
-    method), refusal curves per run, concept vectors per target, sample generations."""
+    method), refusal curves per run, the relearning check, concept vectors per target, sample
+    generations, the paper's claims."""
     # Concept sections load torch; imported here so the tables and figures alone stay light.
     from ema_lightning.report.concepts import concept_sections
 
@@ -67,6 +69,7 @@ def write_report(path: Path, study: StudyResult) -> Path:
     for r in first_seeds(runs):
         png = plot_refusal_curves(r, figures / f"curve_{r.group}.png")
         parts.append(f"![{r.group}](figures/{png.name})\n")
+    parts.append(relearning_section(study.relearning, runs))
     parts.append(susceptibility_section(runs))
     parts.extend(concept_sections(runs, path.parent))
     parts.append(audit_section(runs, study.judge_accuracy))

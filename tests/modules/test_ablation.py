@@ -145,3 +145,26 @@ def test_ablate_runs_on_the_tiny_config_and_exports_the_edited_model(in_repo, tm
 def test_ablate_refuses_a_model_that_is_no_ablation(in_repo, tmp_path):
     with pytest.raises(ValueError, match="configs/ablation/refusal_direction.yaml"):
         main(["ablate", "--config", "configs/tiny_cpu.yaml", f"--trainer.logger.init_args.save_dir={tmp_path}"])
+
+
+def test_backbone_adapter_continues_a_saved_adapter_trainable(tmp_path):
+    from tiny_assets import tiny_qwen2_config
+
+    from ema_lightning.backbone import Backbone, LoraSettings, load_model
+
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0)
+    torch.manual_seed(0)
+    first = load_model(Backbone(tiny=tiny_qwen2_config(vocab_size=VOCAB), lora=lora))
+    with torch.no_grad():
+        for name, p in first.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)  # a trained adapter: B is no longer zero
+    first.save_pretrained(tmp_path / "adapter")
+    expected = first(_ids()).logits
+    torch.manual_seed(0)  # the same random base
+    again = load_model(Backbone(tiny=tiny_qwen2_config(vocab_size=VOCAB), lora=lora, adapter=str(tmp_path / "adapter")))
+    assert torch.allclose(again(_ids()).logits, expected, atol=1e-6)
+    trainable = {n for n, p in again.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        Backbone(tiny=tiny_qwen2_config(vocab_size=VOCAB), lora=lora, adapter=str(tmp_path))
