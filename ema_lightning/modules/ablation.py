@@ -117,6 +117,10 @@ class RefusalAblationModule(CausalLMModule):
     def configure_optimizers(self):
         return None
 
+    def on_train_start(self) -> None:
+        raise RuntimeError("RefusalAblationModule trains nothing: run it with `ema-lightning ablate` (or `fit`, which "
+                           "the CLI runs as an ablation), or call ema_lightning.modules.ablation.run_ablation")
+
     # ------------------------------------------------------------- the direction
     def fit_direction(self, datamodule) -> torch.Tensor:
         """Find the direction and its layer, install the hooks, write `<log_dir>/ablation/`; returns the direction."""
@@ -193,9 +197,6 @@ class RefusalAblationModule(CausalLMModule):
              "candidates": table}, indent=1))
 
     # ------------------------------------------------------------------ export
-    def on_fit_end(self) -> None:  # a plain trainer.fit is never how this module runs (see run_ablation)
-        pass
-
     def export_model(self, directory=None):
         """With `export: merged|full`: the model with its stream writers orthogonalised to the direction."""
         directory = Path(directory) if directory is not None else (self.run_dir or Path(".")) / "export"
