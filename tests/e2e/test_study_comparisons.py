@@ -95,7 +95,7 @@ def test_study_with_an_ablation_run_and_the_relearning_check(in_repo, tmp_path):
             StudyRun("cyber_domain_ablation", [MODEL, "configs/ablation/domain_cybersecurity.yaml"], ["--data.eval_per_domain=3"])]
     study = Study("test", runs, base=BaseStage(["configs/study/tiny/align.yaml"], BASE_ARGS, output=str(tmp_path / "base"), strict=False),
                   output_dir=str(tmp_path / "out"), args=["--trainer.enable_progress_bar=false"],
-                  relearn=RelearnStage(max_steps=2, val_check_interval=1))
+                  relearn=RelearnStage(max_steps=2))
     report = run_study(study, study_fit)
     results = json.loads((report.parent / "results.json").read_text())
     methods = {r["name"]: r["method"] for r in results["runs"]}
@@ -105,9 +105,9 @@ def test_study_with_an_ablation_run_and_the_relearning_check(in_repo, tmp_path):
     assert (Path(ablation["log_dir"]) / "ablation" / "selection.json").is_file()
     (check,) = results["relearning"]
     assert check["group"] == "cyber_compliance" and check["method"] == "relearn"
-    assert [e["step"] for e in check["evaluations"]] == [0, 1, 2]
+    assert [e["step"] for e in check["evaluations"]] == [0, 2]  # the EvalSchedule of tiny_aligned.yaml decides: the end
     text = report.read_text()
     assert "### Target Cybersecurity, domain_ablation" in text and "| ablated" in text
-    assert "## Relearning check" in text and "| `cyber_compliance` | 0, 1, 2 |" in text
+    assert "## Relearning check" in text and "| `cyber_compliance` | 0, 2 |" in text
     claims = text[text.index("## The paper's four claims"):]
     assert "domain_ablation" not in claims  # the claims are about unlearning
