@@ -173,6 +173,7 @@ def check_study(study: Study, fit: Fit) -> list[FitOutcome]:
         raise StudyError(f"duplicate run names: {duplicates}")
     if not study.runs:
         raise StudyError("a study needs at least one run")
+    check_relearn(study)
     stages = ([("base", study.base.config, study.base.args)] if study.base else []) + [
         (r.name, r.config, r.args) for r in study.runs
     ]
@@ -346,10 +347,8 @@ def relearn_requests(study: Study, runs: list[RunResult], run_args: list[list[st
     from ema_lightning.results import ABLATION_METHODS
 
     stage = study.relearn
+    check_relearn(study)
     by_name = {r.name: r for r in study.runs}
-    unknown = sorted(set(stage.runs) - set(by_name))
-    if unknown:
-        raise StudyError(f"relearn.runs: {unknown} are not runs of this study ({', '.join(by_name)})")
     chosen, seen = [], set()
     for result, args in zip(runs, run_args):
         if result.group in seen or result.contained or result.method in ABLATION_METHODS:
@@ -372,6 +371,14 @@ def relearn_requests(study: Study, runs: list[RunResult], run_args: list[list[st
         config = by_name[result.group].config
         chosen.append((result, _request(study, f"{result.name}_relearn", config, relearn_args, overrides)))
     return chosen
+
+
+def check_relearn(study: Study) -> None:
+    """`relearn.runs` names runs of the study (checked before anything trains)."""
+    names = [r.name for r in study.runs]
+    unknown = sorted(set(study.relearn.runs if study.relearn else ()) - set(names))
+    if unknown:
+        raise StudyError(f"relearn.runs: {unknown} are not runs of this study ({', '.join(names)})")
 
 
 def run_relearning(study: Study, runs: list[RunResult], run_args: list[list[str]], fit: Fit,
