@@ -9,25 +9,23 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ema_lightning.domains import DISPLAY_NAMES, DOMAINS
-from ema_lightning.report.tables import pct
+from ema_lightning.report.tables import rate_cell
 from ema_lightning.results import Evaluation, RunResult
 
 RECOVERED = 0.5
 """A domain counts as recovered once its refusal reaches this share of the aligned base's refusal."""
 
 
-def recovery_step(aligned: float, history: Sequence[Evaluation], domain: str) -> tuple[Optional[int], float]:
-    """(first evaluated step at which `domain`'s refusal reaches `RECOVERED * aligned`, or None; the
-    refusal at the last evaluation). `history` is the relearning fit's evaluations, step 0 (the
-    unlearned model) first."""
-    last = history[-1].refusal[domain] if history else float("nan")
+def recovery_step(aligned: float, history: Sequence[Evaluation], domain: str) -> Optional[int]:
+    """The first evaluated step at which `domain`'s refusal reaches `RECOVERED * aligned`, or None.
+    `history` is the relearning fit's evaluations, step 0 (the unlearned model) first."""
     if math.isnan(aligned) or aligned == 0:
-        return None, last
+        return None
     for evaluation in history:
         rate = evaluation.refusal[domain]
         if not math.isnan(rate) and rate >= RECOVERED * aligned:
-            return evaluation.step, last
-    return None, last
+            return evaluation.step
+    return None
 
 
 def relearning_section(relearning: Sequence[RunResult], runs: Sequence[RunResult]) -> str:
@@ -39,7 +37,8 @@ def relearning_section(relearning: Sequence[RunResult], runs: Sequence[RunResult
     lines = ["\n## Relearning check: does refusal come back?\n",
              f"Each unlearned run (first seed) is fine-tuned further on the refusals of its target domain alone "
              f"(cross-entropy, no retain terms, {steps} steps). Each cell: the first evaluated step at which the "
-             f"domain's refusal reached {RECOVERED:.0%} of the aligned base's, then its refusal at the last step; "
+             f"domain's refusal reached {RECOVERED:.0%} of the aligned base's, then its refusal at the last step "
+             f"with its 95% Wilson interval; "
              f"`> {steps}` when it never did. Step 0 is the unlearned model.\n",
              "| run | evaluated at | " + " | ".join(DISPLAY_NAMES[d] for d in DOMAINS) + " |",
              "|---|---|" + "---:|" * len(DOMAINS)]
@@ -51,9 +50,10 @@ def relearning_section(relearning: Sequence[RunResult], runs: Sequence[RunResult
             continue
         cells = []
         for d in DOMAINS:
-            step, last = recovery_step(aligned.refusal[d], history, d)
+            step = recovery_step(aligned.refusal[d], history, d)
             when = f"> {steps}" if step is None else str(step)
-            cells.append(f"{'**' if d == check.target else ''}{when}{'**' if d == check.target else ''} ({pct(last)})")
+            bold = "**" if d == check.target else ""
+            cells.append(f"{bold}{when}{bold} ({rate_cell(history[-1].refusal, d)})")
         at = ", ".join(str(e.step) for e in history)
         lines.append(f"| `{check.group}` | {at} | " + " | ".join(cells) + " |")
     lines.append("\nThe target domain is in bold.\n")

@@ -31,10 +31,10 @@ def _evaluation(step: int, refused: dict[str, int]) -> Evaluation:
 def test_recovery_step_is_the_first_step_at_half_the_aligned_refusal():
     history = [_evaluation(0, {"safety": 0}), _evaluation(2, {"safety": 4}), _evaluation(4, {"safety": 6}),
                _evaluation(8, {"safety": 9})]
-    assert recovery_step(1.0, history, "safety") == (4, 0.9)  # 40% < 50% at step 2; 60% at step 4
-    assert recovery_step(0.6, history, "safety") == (2, 0.9)  # half of 60% is 30%: reached at step 2
-    assert recovery_step(1.0, history, "bias") == (None, 0.0)  # never
-    assert recovery_step(0.0, history, "safety") == (None, 0.9)  # nothing to recover
+    assert recovery_step(1.0, history, "safety") == 4  # 40% < 50% at step 2; 60% at step 4
+    assert recovery_step(0.6, history, "safety") == 2  # half of 60% is 30%: reached at step 2
+    assert recovery_step(1.0, history, "bias") is None  # never
+    assert recovery_step(0.0, history, "safety") is None  # nothing to recover
 
 
 def test_relearning_section_reports_each_domain_of_each_checked_run():
@@ -45,7 +45,9 @@ def test_relearning_section_reports_each_domain_of_each_checked_run():
                       group="cyber_npo")
     text = relearning_section([check], [unlearned])
     row = next(line for line in text.splitlines() if line.startswith("| `cyber_npo`"))
-    assert "| 0, 2, 4 |" in row and "**2** (90%)" in row and "| 4 (60%) |" in row and row.count("> 4 (0%)") == 5
+    # 9 of 10 and 6 of 10 refused at the last step: Wilson 95% intervals [60-98] and [31-83]
+    assert "| 0, 2, 4 |" in row and "**2** (90% [60-98])" in row and "| 4 (60% [31-83]) |" in row
+    assert row.count("> 4 (0% [0-28])") == 5
 
 
 def _result(name, group, contained=False, method="npo", log_dir=""):
