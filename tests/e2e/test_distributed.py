@@ -62,10 +62,10 @@ class EvalCountCallback(pl.Callback):
         self.calls += 1
 
 
-def _fit(tmp: Path, name: str, extra: list[str]) -> tuple[Path, Path]:
+def _fit(tmp: Path, name: str, extra: list[str], command: str = "fit") -> tuple[Path, Path]:
     logs, counts = tmp / name, tmp / f"{name}_counts"
     args = [
-        sys.executable, "-m", "ema_lightning", "fit", "--config", "configs/tiny_cpu.yaml",
+        sys.executable, "-m", "ema_lightning", command, "--config", "configs/tiny_cpu.yaml",
         "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
         f"--trainer.logger.init_args.save_dir={logs}",
@@ -117,10 +117,12 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     done: dict[str, tuple[Path, Path]] = {}
 
-    def get(name: str) -> tuple[Path, Path]:
-        if name not in done:
-            done[name] = _fit(tmp, name, STRATEGY_ARGS[name])
-        return done[name]
+    def get(name: str, ablate: bool = False) -> tuple[Path, Path]:
+        key = f"{name}_ablation" if ablate else name
+        if key not in done:
+            extra = ["--config", "configs/ablation/refusal_direction.yaml"] if ablate else []
+            done[key] = _fit(tmp, key, STRATEGY_ARGS[name] + extra, "ablate" if ablate else "fit")
+        return done[key]
 
     return get
 
@@ -203,6 +205,34 @@ def test_fsdp2_matches_ddp_exactly(runs):
         for key in a:
             torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(torch.tensor(_losses(fsdp2_dir)["train/loss"]), torch.tensor(_losses(ddp_dir)["train/loss"]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_ablation_on_two_processes_matches_one(runs, strategy):
+    """The refusal-direction ablation: the same direction, layer choice and evaluations on 2 processes
+    (each rank captures and scores every selection prompt, so the choice is the same on every rank)."""
+    from safetensors.torch import load_file
+
+    single_dir, single_counts = runs("single", ablate=True)
+    multi_dir, multi_counts = runs(strategy, ablate=True)
+    one_sel = json.loads((single_dir / "ablation" / "selection.json").read_text())
+    two_sel = json.loads((multi_dir / "ablation" / "selection.json").read_text())
+    assert one_sel["layer"] == two_sel["layer"]
+    for a, b in zip(one_sel["candidates"], two_sel["candidates"]):
+        assert b["refusal_score"] == pytest.approx(a["refusal_score"], rel=1e-4, abs=1e-5)
+        assert b["kl"] == pytest.approx(a["kl"], rel=1e-3, abs=1e-6)
+    one_dir = load_file(single_dir / "ablation" / "direction.safetensors")["direction"]
+    two_dir = load_file(multi_dir / "ablation" / "direction.safetensors")["direction"]
+    torch.testing.assert_close(two_dir, one_dir, rtol=1e-4, atol=1e-5)
+    for call in (0, 1):  # before and with the direction ablated
+        one, two = _counts(single_counts, call), _counts(multi_counts, call)
+        for key in ("val_refusal/refused", "val_refusal/total", "val_over_refusal/refused", "val_over_refusal/total"):
+            assert torch.equal(one[key], two[key]), (call, key)
+    one_hist = json.loads((single_dir / "eval_history.json").read_text())
+    two_hist = json.loads((multi_dir / "eval_history.json").read_text())
+    assert [(h["stage"], h["step"]) for h in one_hist] == [(h["stage"], h["step"]) for h in two_hist] == [("baseline", 0), ("val", 1)]
 
 
 def test_gpu_check_script_exits_cleanly_without_cuda(monkeypatch, capsys):
