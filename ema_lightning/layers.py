@@ -1,4 +1,5 @@
-"""The residual stream of a decoder-only LM: its layers, a hook that reads one, and directional ablation.
+"""The residual stream of a decoder-only LM: its layers, a hook that reads one, the output head at
+chosen positions only, and directional ablation.
 
 Directional ablation (Arditi et al. 2024, "Refusal in language models is mediated by a single
 direction") removes a unit direction r from everything written to the residual stream:
@@ -13,6 +14,8 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+
+from ema_lightning.objectives import response_window
 
 WRITERS = {"self_attn": ("o_proj", "out_proj", "dense"), "mlp": ("down_proj", "c_proj", "fc2", "dense_4h_to_h")}
 """Per block of a decoder layer, the names its output projection (the weight that writes to the
@@ -42,6 +45,38 @@ def layer_output(layer: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
         yield captured
     finally:
         handle.remove()
+
+
+def scored_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  labels: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(logits, labels)` of one forward, with the output head run only where `labels` are scored.
+
+    A pre-hook on the output embeddings gathers each row's `response_window` of the final hidden
+    states, so the (B, T, V) logits of the prompt are never formed; any logit post-processing the
+    model does after its head (soft-capping, scaling) still applies. The returned labels are in the
+    window's coordinates, and every objective in `ema_lightning.objectives` gives on the pair what it
+    gives on the full logits and labels. A model whose head is not its output embeddings returns
+    the full logits with the labels unchanged.
+    """
+    index, window = response_window(labels)
+    head = model.get_output_embeddings()
+    fired = []
+
+    def gather(module, args):
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != labels.shape:
+            return None
+        fired.append(True)
+        picked = hidden.gather(1, index.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return (picked, *args[1:])
+
+    handle = head.register_forward_pre_hook(gather) if head is not None else None
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    return (logits, window.to(logits.device)) if fired else (logits, labels)
 
 
 def project_out(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

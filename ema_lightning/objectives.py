@@ -30,6 +30,33 @@ def _shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     return shifted_logits, targets.masked_fill(~mask, 0), mask
 
 
+def response_window(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions whose logits the objectives read, and the labels in their coordinates: `(index, window)`, (B, W).
+
+    Position `t` predicts label `t + 1`, so row `b` needs logits only from the position before its
+    first scored label to the one before its last: `W` is the longest such span plus one (the last
+    position, whose prediction the shift drops). With `logits[b, index[b]]` and `window` in place of
+    `logits` and `labels`, every function here gives the same result, and the output head, the
+    log-softmax and their backward run on (B, W, V) instead of (B, T, V): the prompt is the larger
+    part of a training sequence. A row without scored labels gets an all-ignored window.
+    """
+    if labels.dim() != 2 or labels.shape[1] < 2:
+        raise ValueError(f"expected labels (B, T) with T >= 2, got {tuple(labels.shape)}")
+    batch, length = labels.shape
+    scored = labels[:, 1:] != IGNORE_INDEX  # (B, T - 1): position t predicts labels[:, t + 1]
+    positions = torch.arange(length - 1, device=labels.device).expand_as(scored)
+    first = torch.where(scored, positions, length).amin(dim=1)
+    last = torch.where(scored, positions, -1).amax(dim=1)
+    present = scored.any(dim=1)
+    first, last = first.where(present, 0), last.where(present, 0)
+    width = int((last - first).max()) + 2 if batch else 2
+    offsets = first.unsqueeze(1) + torch.arange(width - 1, device=labels.device)  # (B, W - 1) predicting positions
+    index = torch.cat([offsets, offsets[:, -1:]], dim=1).clamp(max=length - 1)
+    padded = torch.cat([labels, labels.new_full((batch, width), IGNORE_INDEX)], dim=1)
+    window = torch.cat([labels.new_full((batch, 1), IGNORE_INDEX), padded.gather(1, offsets + 1)], dim=1)
+    return index, window
+
+
 def _logsumexp_float32(logits: torch.Tensor) -> torch.Tensor:
     """logsumexp over the vocabulary in float32.
 
@@ -204,6 +231,7 @@ def kl_to_reference(policy_logits: torch.Tensor, reference_logits: torch.Tensor,
 
 __all__ = [
     "IGNORE_INDEX",
+    "response_window",
     "token_log_probs",
     "sequence_log_probs",
     "npo_loss",

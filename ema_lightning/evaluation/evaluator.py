@@ -25,6 +25,7 @@ from ema_lightning.evaluation.judges import (
     SubstringRefusalJudge,
 )
 from ema_lightning.evaluation.metrics import AgreementCounts, DomainMean, TokenMean
+from ema_lightning.layers import scored_logits
 from ema_lightning.objectives import IGNORE_INDEX, sequence_log_probs, token_log_probs
 from ema_lightning.results import Agreement, DomainRates, Evaluation, Sample
 
@@ -189,7 +190,7 @@ class Evaluator(torch.nn.Module):
         if valid is not None:
             labels = labels.masked_fill(~valid.to(labels.device).bool().unsqueeze(1), IGNORE_INDEX)
         with eval_mode(model), inference_context(model):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            logits, labels = scored_logits(model, batch["input_ids"], batch["attention_mask"], labels)
         log_probs, scored = token_log_probs(logits, labels)
         self.stages[stage].utility_nll.update(-log_probs, scored)
 

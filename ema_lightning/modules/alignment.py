@@ -18,7 +18,7 @@ class AlignmentModule(CausalLMModule):
 
     def training_step(self, batch: dict[str, dict[str, torch.Tensor]], batch_idx: int) -> torch.Tensor:
         data = batch["retain"]
-        loss = cross_entropy_loss(self(data["input_ids"], data["attention_mask"]), data["labels"])
+        loss = cross_entropy_loss(*self.scored(data))
         check_finite({"alignment": loss}, self.global_step)
         self.log("train/loss", loss.detach(), prog_bar=True)
         return loss

@@ -26,6 +26,7 @@ from ema_lightning.evaluation.evaluator import Evaluator
 from ema_lightning.evaluation.judges import LogitRefusalJudge, RefusalJudge
 from ema_lightning.evaluation.metrics import ema_score
 from ema_lightning.export import Export, export_model
+from ema_lightning.layers import scored_logits
 from ema_lightning.results import Evaluation, nanmean, save_evaluations
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,11 @@ class CausalLMModule(pl.LightningModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def scored(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(logits, labels)` of the model on a training batch, the output head run on its response
+        positions only (`layers.scored_logits`): what every loss of the objectives module reads."""
+        return scored_logits(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

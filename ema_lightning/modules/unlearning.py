@@ -28,7 +28,7 @@ from ema_lightning.data.collate import (
     prompt_rows,
 )
 from ema_lightning.data.records import Record
-from ema_lightning.layers import decoder_layers, layer_output
+from ema_lightning.layers import decoder_layers, layer_output, scored_logits
 from ema_lightning.modules.base import CausalLMModule
 from ema_lightning.objectives import (
     activation_mse,
@@ -208,10 +208,11 @@ class RefusalUnlearningModule(CausalLMModule):
         with self.model.disable_adapter():
             yield self.model
 
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the reference policy: adapters disabled (LoRA) or the frozen copy."""
+    def reference_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(logits, labels)` of the reference policy (adapters disabled, or the frozen copy) on `batch`,
+        at its response positions only (`layers.scored_logits`)."""
         with torch.no_grad(), self.reference_policy() as model:
-            return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            return scored_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def hidden_states(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(logits, hidden)` of one forward of `model`, hidden (B, T, H) read by a hook on decoder layer `rmu_layer`."""
@@ -244,7 +245,7 @@ class RefusalUnlearningModule(CausalLMModule):
                 end = next((t + 1 for t, token in enumerate(tokens) if token in stops), len(tokens))
                 self._rejected[index[row]] = tokens[:end]
             new = self._pair_rows([prompts[row] for row in missing], [index[row] for row in missing], pad)
-            values = sequence_log_probs(self.reference_logits(new["input_ids"], new["attention_mask"]), new["labels"])
+            values = sequence_log_probs(*self.reference_logits(new))
             for row, value in zip(missing, values.tolist()):
                 self._rejected_reference[index[row]] = value
         batch = self._pair_rows(prompts, index, pad)
@@ -280,8 +281,8 @@ class RefusalUnlearningModule(CausalLMModule):
                 "start a new run without --ckpt_path")
         if missing.any():
             rows = missing.nonzero().squeeze(1).to(forget["input_ids"].device)
-            logits = self.reference_logits(forget["input_ids"][rows], forget["attention_mask"][rows])
-            values = sequence_log_probs(logits, forget["labels"][rows]).float().cpu()
+            missing_rows = {k: forget[k][rows] for k in ("input_ids", "attention_mask", "labels")}
+            values = sequence_log_probs(*self.reference_logits(missing_rows)).float().cpu()
             self._reference_cache[index[missing]] = values
             self._reference_checksum[index[missing]] = sums[missing]
         return self._reference_cache[index].to(self.device)
@@ -295,22 +296,23 @@ class RefusalUnlearningModule(CausalLMModule):
                 _, hidden = self.hidden_states(self.model, forget)
                 terms["forget"] = activation_mse(hidden, self.control_vector.to(hidden.device), forget["attention_mask"])
             else:
-                terms["forget"] = self.forget_loss(self(forget["input_ids"], forget["attention_mask"]), forget)
+                terms["forget"] = self.forget_loss(*self.scored(forget), forget)
         if retain is not None and (self.alpha > 0 or self.retain_kl > 0):
             rmu_retain = objective == "rmu" and self.alpha > 0
             if rmu_retain:
                 logits, hidden = self.hidden_states(self.model, retain)
+                labels = retain["labels"]
                 with torch.no_grad(), self.reference_policy() as model:
                     reference_logits, reference_hidden = self.hidden_states(model, retain)
                 terms["retain"] = activation_mse(hidden, reference_hidden, retain["attention_mask"])
             else:
-                logits = self(retain["input_ids"], retain["attention_mask"])
+                logits, labels = self.scored(retain)
                 if self.alpha > 0:
-                    terms["retain"] = cross_entropy_loss(logits, retain["labels"])
+                    terms["retain"] = cross_entropy_loss(logits, labels)
             if self.retain_kl > 0:
                 if not rmu_retain:
-                    reference_logits = self.reference_logits(retain["input_ids"], retain["attention_mask"])
-                terms["retain_kl"] = kl_to_reference(logits, reference_logits, retain["labels"])
+                    reference_logits, _ = self.reference_logits(retain)
+                terms["retain_kl"] = kl_to_reference(logits, reference_logits, labels)
         weights = {"forget": self.gamma, "retain": self.alpha, "retain_kl": self.retain_kl}
         check_finite(terms, self.global_step)
         loss = sum(weights[name] * value for name, value in terms.items())
@@ -318,29 +320,28 @@ class RefusalUnlearningModule(CausalLMModule):
         self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
 
-    def forget_loss(self, logits: torch.Tensor, forget: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The forget term of the log-prob objectives (all but RMU) on the policy's forget-batch logits."""
+    def forget_loss(self, logits: torch.Tensor, labels: torch.Tensor, forget: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The forget term of the log-prob objectives (all but RMU) on the policy's forget-batch `scored` logits and labels."""
         objective = self.forget_objective
         if objective == "npo":
-            policy = sequence_log_probs(logits, forget["labels"])
+            policy = sequence_log_probs(logits, labels)
             reference = self.reference_log_probs(forget)
             self.log("train/forget_log_ratio", (policy.detach() - reference).mean())
             return npo_loss(policy, reference, self.beta)
         if objective == "simnpo":
-            log_probs, mask = token_log_probs(logits, forget["labels"])
+            log_probs, mask = token_log_probs(logits, labels)
             return simnpo_loss(log_probs.sum(-1), mask.sum(-1), self.beta, self.delta)
         if objective == "dpo":
-            chosen = sequence_log_probs(logits, forget["labels"])
+            chosen = sequence_log_probs(logits, labels)
             reference_chosen = self.reference_log_probs(forget)
             rejected_batch, reference_rejected = self.rejected_batch(forget)
-            rejected_logits = self(rejected_batch["input_ids"], rejected_batch["attention_mask"])
-            rejected = sequence_log_probs(rejected_logits, rejected_batch["labels"])
+            rejected = sequence_log_probs(*self.scored(rejected_batch))
             margin = (chosen.detach() - reference_chosen) - (rejected.detach() - reference_rejected)
             self.log("train/dpo_margin", margin.mean())
             return dpo_loss(chosen, rejected, reference_chosen, reference_rejected, self.beta)
         if objective == "gradient_ascent":
-            return gradient_ascent_loss(logits, forget["labels"])
-        return cross_entropy_loss(logits, forget["labels"])  # compliance, relearn
+            return gradient_ascent_loss(logits, labels)
+        return cross_entropy_loss(logits, labels)  # compliance, relearn
 
 
 def layer_index(model: torch.nn.Module, layer: int) -> int:

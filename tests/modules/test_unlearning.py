@@ -87,7 +87,7 @@ def test_reference_log_probs_are_computed_once_per_example(fitted_base):
     module.configure_model()
     calls = []
     original = module.reference_logits
-    module.reference_logits = lambda *a: calls.append(a[0].shape[0]) or original(*a)
+    module.reference_logits = lambda batch: calls.append(batch["input_ids"].shape[0]) or original(batch)
     first = module.reference_log_probs(forget)
     half = {k: v[:4] for k, v in forget.items()}
     again = module.reference_log_probs(half)
