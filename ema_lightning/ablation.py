@@ -17,7 +17,7 @@ change the next-token distribution on harmless prompts by at most `max_kl` (KL, 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -32,18 +32,52 @@ from ema_lightning.layers import DirectionalAblation, project_out
 DirectionKind = Literal["refusal", "domain"]
 
 
-def split_selection(records: Sequence[Record], every: int) -> tuple[list[Record], list[Record]]:
-    """(direction records, selection records): every `every`-th record of each (domain, harmful)
-    stratum, in file order, is held out for choosing the layer; the rest estimate the direction."""
+def stratum(record: Record) -> tuple[str, bool]:
+    """The (domain, harmful) stratum of a record: what `split_selection` holds out 1 in `every` of."""
+    return canonical_domain(record.domain), record.harmful
+
+
+def split_selection(records: Sequence[Record], every: int,
+                    key: Callable[[Record], Hashable] = stratum) -> tuple[list[Record], list[Record]]:
+    """(direction records, selection records): every `every`-th record of each stratum (`key`, by
+    default (domain, harmful)), in file order, is held out for choosing the layer; the rest estimate
+    the direction."""
     if every < 2:
         raise ValueError(f"split_selection: every must be >= 2 (1 in `every` records held out), got {every}")
-    seen: dict[tuple[str, bool], int] = {}
+    seen: dict[Hashable, int] = {}
     fit, held_out = [], []
     for record in records:
-        key = (canonical_domain(record.domain), record.harmful)
-        seen[key] = seen.get(key, -1) + 1
-        (held_out if seen[key] % every == every - 1 else fit).append(record)
+        k = key(record)
+        seen[k] = seen.get(k, -1) + 1
+        (held_out if seen[k] % every == every - 1 else fit).append(record)
     return fit, held_out
+
+
+def prompt_groups(kind: DirectionKind, target: str | None, records: Sequence[Record], neutral: Sequence[Record],
+                  every: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(direction groups, selection groups) of prompts, each split by `split_selection` (the neutral
+    prompts as one stratum).
+
+    The direction groups are `harmful` and `harmless` (benign look-alikes and neutral prompts) and,
+    for a `domain` direction, `target_harmful` and `target_harmless` (the target's look-alikes, or the
+    neutral prompts where it has none). The selection groups are `harmful` (the target's only, for a
+    `domain` direction) and `harmless`."""
+    fit, held_out = split_selection(records, every)
+    fit_neutral, held_neutral = split_selection(neutral, every, key=lambda record: None)
+
+    def harmful(rs, domain=None):
+        return [r.prompt for r in rs if r.harmful and domain in (None, canonical_domain(r.domain))]
+
+    def harmless(rs, ns, domain=None):
+        own = [r.prompt for r in rs if not r.harmful and domain in (None, canonical_domain(r.domain))]
+        return own if domain is not None and own else own + [r.prompt for r in ns]
+
+    groups = {"harmful": harmful(fit), "harmless": harmless(fit, fit_neutral)}
+    if kind == "domain":
+        groups |= {"target_harmful": harmful(fit, target), "target_harmless": harmless(fit, fit_neutral, target)}
+    selection = {"harmful": harmful(held_out, target if kind == "domain" else None),
+                 "harmless": harmless(held_out, held_neutral)}
+    return groups, selection
 
 
 def candidate_layers(n_layers: int, max_layer_fraction: float) -> list[int]:

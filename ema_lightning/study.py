@@ -400,8 +400,10 @@ def _fit_all(requests: list[FitRequest], fit: Fit, workers: int, planned) -> Ite
     """(outcome, wall seconds) of every request, in order: one after the other, or `workers` at once in
     spawned processes (`fit` must then be importable by name, as `cli.study_fit` is)."""
     for k, ((run, fact, _), request) in enumerate(zip(planned, requests), 1):
-        print(f"[study] run {k}/{len(requests)}: {request.name} (target {fact.target}, {fact.method}, "
-              f"{'with' if fact.contained else 'without'} retain CE){' queued' if workers > 1 else ''}")
+        what = "relearning" if fact.method == "relearn" else \
+            f"{fact.method}, {'with' if fact.contained else 'without'} retain CE"
+        print(f"[study] run {k}/{len(requests)}: {request.name} (target {fact.target}, {what})"
+              f"{' queued' if workers > 1 else ''}")
         if workers <= 1:
             t0 = time.perf_counter()
             outcome = fit(request, True)

@@ -22,14 +22,13 @@ from ema_lightning.ablation import (
     candidate_layers,
     choose_layer,
     directions,
+    prompt_groups,
     score_layers,
     selection_table,
-    split_selection,
 )
 from ema_lightning.backbone import Backbone
 from ema_lightning.concepts.capture import POSITIONS, capture_activations
 from ema_lightning.concepts.extract import cap_prompts
-from ema_lightning.domains import canonical_domain
 from ema_lightning.evaluation.judges import LogitRefusalJudge
 from ema_lightning.export import Export, export_model
 from ema_lightning.layers import DirectionalAblation, orthogonalize_weights
@@ -125,29 +124,12 @@ class RefusalAblationModule(CausalLMModule):
     def fit_direction(self, datamodule) -> torch.Tensor:
         """Find the direction and its layer, install the hooks, write `<log_dir>/ablation/`; returns the direction."""
         records, neutral = cap_prompts(datamodule.train_records, datamodule.neutral_records, self.max_prompts_per_domain)
-        fit_records, held_out = split_selection(records, self.selection_every)
-        k = self.selection_every
-        fit_neutral = [r for i, r in enumerate(neutral) if i % k != k - 1]
-        held_neutral = [r for i, r in enumerate(neutral) if i % k == k - 1]
-        target = self.target_domain
-
-        def harmful(rs, only_target=False):
-            return [r.prompt for r in rs if r.harmful and (not only_target or canonical_domain(r.domain) == target)]
-
-        def harmless(rs, ns, only_target=False):
-            own = [r.prompt for r in rs if not r.harmful and (not only_target or canonical_domain(r.domain) == target)]
-            return own if only_target and own else own + [r.prompt for r in ns]
-
-        groups = {"harmful": harmful(fit_records), "harmless": harmless(fit_records, fit_neutral)}
-        if self.direction_kind == "domain":
-            groups |= {"target_harmful": harmful(fit_records, True), "target_harmless": harmless(fit_records, fit_neutral, True)}
-        selection_harmful = harmful(held_out, self.direction_kind == "domain")
-        selection_harmless = harmless(held_out, held_neutral)
-        empty = [name for name, prompts in {**groups, "selection harmful": selection_harmful,
-                                            "selection harmless": selection_harmless}.items() if not prompts]
+        groups, selection = prompt_groups(self.direction_kind, self.target_domain, records, neutral, self.selection_every)
+        empty = [name for name, prompts in {**groups, **{f"selection {k}": v for k, v in selection.items()}}.items()
+                 if not prompts]
         if empty:
             raise ValueError(f"refusal-direction ablation: no {', '.join(empty)} prompts in the train data "
-                             f"(data.train and data.neutral; {len(records)} records, selection_every={k})")
+                             f"(data.train and data.neutral; {len(records)} records, selection_every={self.selection_every})")
         system_prompt = datamodule.system_prompt
         prompts = [p for group in groups.values() for p in group]
         acts = capture_activations(self.model, self.tokenizer, prompts, (self.position,), self.batch_size, system_prompt)[self.position]
@@ -162,7 +144,7 @@ class RefusalAblationModule(CausalLMModule):
                              f"{n_layers - 1} (0 = embeddings; {n_layers} is after the final norm)")
         judge = (self.evaluator.logit_judge or LogitRefusalJudge()).prepare(self.tokenizer)
         layers = [self.layer] if self.layer is not None else candidate_layers(n_layers, self.max_layer_fraction)
-        scores = score_layers(self.model, self.tokenizer, candidates, layers, selection_harmful, selection_harmless,
+        scores = score_layers(self.model, self.tokenizer, candidates, layers, selection["harmful"], selection["harmless"],
                               judge, self.batch_size, system_prompt)
         chosen, passed = (scores[0], scores[0].kl <= self.max_kl) if self.layer is not None else choose_layer(scores, self.max_kl)
         if not passed:
@@ -177,7 +159,7 @@ class RefusalAblationModule(CausalLMModule):
                               "ablation/kl": chosen.kl}, step=1)
         self._write_direction(candidates, selection_table(scores, chosen.layer), passed,
                               {name: len(group) for name, group in groups.items()},
-                              {"harmful": len(selection_harmful), "harmless": len(selection_harmless)})
+                              {name: len(group) for name, group in selection.items()})
         return candidates[chosen.layer]
 
     def _write_direction(self, candidates, table, passed, fit_counts, selection_counts) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_assets import tiny_qwen2
 
-from ema_lightning.ablation import LayerScore, candidate_layers, choose_layer, directions, split_selection
+from ema_lightning.ablation import LayerScore, candidate_layers, choose_layer, directions, prompt_groups, split_selection
 from ema_lightning.cli import main
 from ema_lightning.data.records import Record
 from ema_lightning.layers import DirectionalAblation, orthogonalize_weights, project_out
@@ -125,6 +125,20 @@ def test_split_selection_holds_out_one_in_k_per_domain_and_harmful_flag():
     assert {(r.domain, r.harmful) for r in held_out} == {(r.domain, r.harmful) for r in records}
     assert not {r.prompt for r in fit} & {r.prompt for r in held_out}
 
+
+
+def test_prompt_groups_hold_out_the_same_share_of_neutral_prompts_and_keep_the_target_apart():
+    records = [Record(f"p{d}{h}{i}", d, h, "r") for d in ("cybersecurity", "safety") for h in (True, False) for i in range(4)]
+    neutral = [Record(f"n{i}", "neutral", False, "r") for i in range(8)]
+    groups, selection = prompt_groups("domain", "safety", records, neutral, 4)
+    assert groups["harmful"] == [f"p{d}True{i}" for d in ("cybersecurity", "safety") for i in range(3)]
+    assert groups["harmless"] == [f"p{d}False{i}" for d in ("cybersecurity", "safety") for i in range(3)] + \
+        [f"n{i}" for i in (0, 1, 2, 4, 5, 6)]
+    assert groups["target_harmful"] == ["psafetyTrue0", "psafetyTrue1", "psafetyTrue2"]
+    assert groups["target_harmless"] == ["psafetyFalse0", "psafetyFalse1", "psafetyFalse2"]  # its own look-alikes
+    assert selection == {"harmful": ["psafetyTrue3"], "harmless": ["pcybersecurityFalse3", "psafetyFalse3", "n3", "n7"]}
+    refusal, _ = prompt_groups("refusal", None, records, neutral, 4)
+    assert set(refusal) == {"harmful", "harmless"}
 
 FAST = ["--data.eval_per_domain=2", "--data.retain_size=16"]
 
