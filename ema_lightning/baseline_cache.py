@@ -124,7 +124,7 @@ class BaselineCache:
         fresh = fingerprint is not None and is_fresh_adapter(model)
         if not trainer.strategy.reduce_boolean_decision(fresh, all=True):
             return None
-        return cache_key(kind=kind, base=fingerprint, **parts)
+        return cache_key(kind=kind, base=fingerprint, precision=str(trainer.precision), **parts)
 
     def evaluation_file(self, key: str) -> Path:
         return self.directory / f"evaluation-{key}.json"

@@ -21,6 +21,8 @@ from ema_lightning.checkpoints import CheckpointSaveError, check_checkpoint, wit
 from ema_lightning.data.datamodule import RefusalDataModule
 from ema_lightning.modules.base import CausalLMModule
 
+log = logging.getLogger(__name__)
+
 # `--help` shows the docstring under each dataclass field (Backbone, LoraSettings, RecordSource, ...).
 set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
@@ -93,6 +95,7 @@ class EMALightningCLI(LightningCLI):
             check_resume_settings(ckpt_path, self.config[subcommand]["model"])
 
     def _connect_data(self) -> None:
+        warn_emulated_bf16(self.trainer)
         # Records are read and validated here, before the trainer builds the model.
         data = self.datamodule.connect(self.model.tokenizer, self.model.generate_responses).load()
         self.model.check_data(data.forget_records, data.retain_records, data.encoding.forget_responses)
@@ -116,6 +119,18 @@ class EMALightningCLI(LightningCLI):
         if kwargs.get("ckpt_path"):
             raise ValueError("an ablation run trains nothing and has no checkpoint to resume: drop --ckpt_path")
         return run_ablation(self.trainer, model, kwargs.get("datamodule"))
+
+
+def warn_emulated_bf16(trainer) -> None:
+    """Warn when bf16 compute is asked for on a CPU without native bf16 instructions (AVX512-BF16, AMX):
+    there it is emulated and slower than float32."""
+    if "bf16" not in str(trainer.precision) or trainer.accelerator.__class__.__name__ != "CPUAccelerator":
+        return
+    import torch
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("trainer.precision=%s on a CPU without native bf16 instructions: bf16 is emulated and slower than "
+                    "float32 here; pass --trainer.precision=32-true", trainer.precision)
 
 
 def check_resume_settings(ckpt_path: str, model_config: Any) -> None:

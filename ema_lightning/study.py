@@ -312,6 +312,11 @@ def run_study(study: Study, fit: Fit) -> Path:
         if study.workers > 1:
             args = [*args, "--trainer.enable_progress_bar=false"]  # bars of parallel runs would interleave
         requests.append(_request(study, name, run.config, args, overrides))
+    if study.reuse_baseline and study.workers > 1 and requests:
+        t0 = time.perf_counter()
+        print(f"[study] baseline: the runs' shared step-0 evaluation, measured once on all cores ({requests[0].name}'s settings)")
+        fit(baseline_request(requests[0]), True)
+        timings["baseline"] = time.perf_counter() - t0
     runs: list[RunResult] = []
     for k, ((run, fact, _), request, (outcome, wall)) in enumerate(
             zip(planned, requests, _fit_all(requests, fit, study.workers, planned)), 1):
@@ -337,6 +342,14 @@ def run_study(study: Study, fit: Fit) -> Path:
     path = write_report(Path(study.output_dir) / "report.md", result)
     print(f"[study] report: {path}")
     return path
+
+
+def baseline_request(request: FitRequest) -> FitRequest:
+    """The fit that measures `request`'s baseline evaluation into the baseline cache and trains nothing
+    (`max_steps=0`: the sanity check only). Run before parallel runs, it takes every core, where the
+    first parallel run would take one and make the runs beside it wait for the cache."""
+    return dataclasses.replace(request, name="baseline", args=(
+        *request.args, "--trainer.max_steps=0", "--model.init_args.export=none"))
 
 
 def relearn_requests(study: Study, runs: list[RunResult], run_args: list[list[str]],

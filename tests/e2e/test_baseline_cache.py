@@ -28,7 +28,7 @@ def base(in_repo, tmp_path) -> Path:
     return directory
 
 
-def _fit(base: Path, cache: Path, out: Path, calls: dict, monkeypatch):
+def _fit(base: Path, cache: Path, out: Path, calls: dict, monkeypatch, *args: str):
     import ema_lightning.concepts.callback as callback
     import ema_lightning.evaluation.evaluator as module
 
@@ -45,6 +45,7 @@ def _fit(base: Path, cache: Path, out: Path, calls: dict, monkeypatch):
         "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.eval_per_domain=2", "--data.forget_size=16",
         f"--model.init_args.backbone.name_or_path={base}", f"--model.init_args.baseline_cache={cache}",
         "--model.init_args.export=none", f"--trainer.logger.init_args.save_dir={out}", "--trainer.enable_progress_bar=false",
+        *args,
     ])
 
 
@@ -63,6 +64,17 @@ def test_second_run_reuses_the_baseline_evaluation_and_concept_vectors(base, tmp
     assert second.model.baseline == first.model.baseline
     vectors = [ConceptVectors.load(Path(cli.trainer.log_dir) / "concept_vectors" / "step=0.safetensors") for cli in (first, second)]
     torch.testing.assert_close(vectors[0].vectors, vectors[1].vectors)
+
+
+def test_a_run_in_another_precision_measures_its_own_baseline(base, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first_calls, bf16_calls = {}, {}
+    _fit(base, cache, tmp_path / "logs", first_calls, monkeypatch)
+    monkeypatch.undo()
+    bf16 = _fit(base, cache, tmp_path / "logs", bf16_calls, monkeypatch, "--trainer.precision=bf16-mixed")
+    assert bf16_calls == first_calls  # nothing reused: the bf16 baseline is measured, not the float32 one read
+    assert len(list(cache.glob("evaluation-*.json"))) == 2 and len(list(cache.glob("concepts-*"))) == 2
+    assert [e.stage for e in bf16.model.evaluations] == ["baseline", "val"]
 
 
 def test_changed_base_files_change_the_key(base):

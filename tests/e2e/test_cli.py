@@ -90,3 +90,16 @@ def test_bad_record_file_stops_before_the_model_loads(in_repo, tmp_path, monkeyp
     assert message.count("\n") <= 1
     assert not loaded
     assert not logs.exists() or not any(logs.rglob("*"))
+
+
+@pytest.mark.parametrize("precision, native, warns", [("bf16-mixed", False, True), ("bf16-mixed", True, False),
+                                                      ("32-true", False, False)])
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(precision, native, warns, monkeypatch, caplog):
+    from lightning.pytorch import Trainer
+
+    from ema_lightning.cli import warn_emulated_bf16
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    with caplog.at_level("WARNING", logger="ema_lightning"):
+        warn_emulated_bf16(Trainer(accelerator="cpu", precision=precision, logger=False))
+    assert ("--trainer.precision=32-true" in caplog.text) == warns

@@ -52,8 +52,10 @@ def test_same_seed_same_table(in_repo, tmp_path, monkeypatch):
             assert (report.parent / "figures" / png).is_file()
         for name, history in tables[-1]:
             assert history[0][0] == 0 and set(history[0][1]["rate"]) == set(DOMAINS)
-        # both runs start from the aligned base on the same prompts: the baseline is measured once
+        # both runs start from the aligned base on the same prompts: the baseline is measured once, by
+        # the first run, or (workers > 1) before the parallel runs, on all cores
         assert len(list((report.parent / "baseline_cache").glob("evaluation-*.json"))) == 1
+        assert ("baseline" in results["timings"]) == (study.workers > 1)
         assert tables[-1][0][1][0] == tables[-1][1][1][0]
     torch.set_num_threads(threads)
     assert tables[0] == tables[1]
