@@ -129,17 +129,11 @@ class ConceptVectorCallback(pl.Callback):
             vectors = trainer.strategy.broadcast(
                 ConceptVectors.load(cached) if trainer.is_global_zero and cached.is_file() else None)
         if vectors is None:
-            vectors = extract_concept_vectors(
-                pl_module.model,
-                pl_module.tokenizer,
-                records,
-                neutral,
-                position=self.position,
-                batch_size=self.batch_size,
-                model_name=_model_name(pl_module.model),
-                step=trainer.global_step,
-                probe=self.probe,
-            )
+            with trainer.precision_plugin.forward_context():  # as the run computes (bf16 autocast, ...)
+                vectors = extract_concept_vectors(
+                    pl_module.model, pl_module.tokenizer, records, neutral, position=self.position,
+                    batch_size=self.batch_size, model_name=_model_name(pl_module.model), step=trainer.global_step,
+                    probe=self.probe)
             if cached is not None and trainer.is_global_zero:
                 vectors.save(cached)
         else:

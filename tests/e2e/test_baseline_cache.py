@@ -71,7 +71,14 @@ def test_a_run_in_another_precision_measures_its_own_baseline(base, tmp_path, mo
     first_calls, bf16_calls = {}, {}
     _fit(base, cache, tmp_path / "logs", first_calls, monkeypatch)
     monkeypatch.undo()
+    import ema_lightning.concepts.callback as callback
+
+    autocast = []
+    capture = callback.extract_concept_vectors
+    monkeypatch.setattr(callback, "extract_concept_vectors",
+                        lambda *a, **k: autocast.append(torch.is_autocast_enabled("cpu")) or capture(*a, **k))
     bf16 = _fit(base, cache, tmp_path / "logs", bf16_calls, monkeypatch, "--trainer.precision=bf16-mixed")
+    assert autocast == [True, True]  # the vectors describe the model as the run computes it
     assert bf16_calls == first_calls  # nothing reused: the bf16 baseline is measured, not the float32 one read
     assert len(list(cache.glob("evaluation-*.json"))) == 2 and len(list(cache.glob("concepts-*"))) == 2
     assert [e.stage for e in bf16.model.evaluations] == ["baseline", "val"]
