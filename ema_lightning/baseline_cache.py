@@ -53,6 +53,13 @@ def base_fingerprint(backbone: Backbone) -> Optional[dict[str, Any]]:
     return fingerprint
 
 
+def may_share_baseline(backbone: Backbone) -> bool:
+    """Whether runs on `backbone` can share a cached step-0 measurement, as far as their config tells: a
+    file-backed base with fresh LoRA adapters (no tiny random init, no full fine-tune, no loaded
+    adapter). `BaselineCache.key` decides at run time (a resumed run, for instance, is measured)."""
+    return backbone.tiny is None and backbone.lora is not None and backbone.adapter is None
+
+
 def is_fresh_adapter(model: torch.nn.Module) -> bool:
     """True when the model has LoRA adapters and every B matrix is zero (it computes its base).
 

@@ -179,6 +179,7 @@ def check_run_folder(log_dir: Optional[str], ckpt_path: Optional[str]) -> None:
 def study_fit(request, run: bool):
     """The study's `fit` (see `ema_lightning.study.Fit`): one LightningCLI fit of a `FitRequest`,
     or with `run=False` its parsed config and loaded data only."""
+    from ema_lightning.baseline_cache import may_share_baseline
     from ema_lightning.concepts.callback import ConceptVectorCallback
     from ema_lightning.study import FitOutcome
 
@@ -194,6 +195,7 @@ def study_fit(request, run: bool):
         target=cli.model.target_domain, method=cli.model.method, contained=cli.model.contained,
         seed=int(config.get("seed_everything") or 0), log_dir=str(cli.trainer.log_dir) if run else None,
         evaluations=tuple(cli.model.evaluations), concept_s=concept_s, evaluates=evaluates(cli.trainer),
+        shares_baseline=may_share_baseline(cli.model.backbone),
         judges={"main": cli.model.evaluator.judge, **cli.model.evaluator.audit_judges},
     )
 

@@ -146,6 +146,9 @@ class FitOutcome:
     concept_s: float = 0.0
     evaluates: bool = True
     """Whether the fit's trainer settings run any evaluation during training."""
+    shares_baseline: bool = False
+    """Whether the fit's step-0 measurements can come from the study's baseline cache (its backbone is a
+    file-backed base with fresh adapters: `baseline_cache.may_share_baseline`)."""
     judges: Mapping[str, Any] = field(default_factory=dict)
     """The run's refusal judges by name (`main`, then its audit judges), for the judge audit."""
 
@@ -312,7 +315,7 @@ def run_study(study: Study, fit: Fit) -> Path:
         if study.workers > 1:
             args = [*args, "--trainer.enable_progress_bar=false"]  # bars of parallel runs would interleave
         requests.append(_request(study, name, run.config, args, overrides))
-    if study.reuse_baseline and study.workers > 1 and requests:
+    if study.reuse_baseline and study.workers > 1 and planned and planned[0][1].shares_baseline:
         t0 = time.perf_counter()
         print(f"[study] baseline: the runs' shared step-0 evaluation, measured once on all cores ({requests[0].name}'s settings)")
         fit(baseline_request(requests[0]), True)

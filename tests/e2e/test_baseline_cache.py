@@ -9,8 +9,8 @@ from peft import LoraConfig, get_peft_model
 
 from tiny_assets import tiny_qwen2, tiny_qwen2_config
 
-from ema_lightning.backbone import Backbone, load_model, load_tokenizer
-from ema_lightning.baseline_cache import base_fingerprint, cache_key, is_fresh_adapter
+from ema_lightning.backbone import Backbone, LoraSettings, load_model, load_tokenizer
+from ema_lightning.baseline_cache import base_fingerprint, cache_key, is_fresh_adapter, may_share_baseline
 from ema_lightning.cli import main
 from ema_lightning.concepts.vectors import ConceptVectors
 
@@ -92,6 +92,17 @@ def test_changed_base_files_change_the_key(base):
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert cache_key(base=base_fingerprint(backbone)) != key
     assert base_fingerprint(Backbone(tiny=TINY)) is None  # random init: never reused
+
+
+def test_only_file_backed_bases_with_fresh_adapters_may_share_a_baseline(base, tmp_path):
+    lora = LoraSettings(r=2)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")  # what Backbone checks of an adapter folder
+    assert may_share_baseline(Backbone(name_or_path=str(base), lora=lora))
+    assert not may_share_baseline(Backbone(tiny=TINY, lora=lora))  # random init
+    assert not may_share_baseline(Backbone(name_or_path=str(base)))  # full fine-tuning
+    assert not may_share_baseline(Backbone(name_or_path=str(base), lora=lora, adapter=str(adapter)))  # a trained adapter
 
 
 def test_only_a_fresh_adapter_counts_as_the_base():
