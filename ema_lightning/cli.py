@@ -124,7 +124,9 @@ class EMALightningCLI(LightningCLI):
 def warn_emulated_bf16(trainer) -> None:
     """Warn when bf16 compute is asked for on a CPU without native bf16 instructions (AVX512-BF16, AMX):
     there it is emulated and slower than float32."""
-    if "bf16" not in str(trainer.precision) or trainer.accelerator.__class__.__name__ != "CPUAccelerator":
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if "bf16" not in str(trainer.precision) or not isinstance(trainer.accelerator, CPUAccelerator):
         return
     import torch
 
