@@ -148,10 +148,13 @@ class CausalLMModule(pl.LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def scored(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(logits, labels)` of the model on a training batch, the output head run on its response
-        positions only (`layers.scored_logits`): what every loss of the objectives module reads."""
-        return scored_logits(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+    def scored(self, batch: dict[str, torch.Tensor],
+               model: Optional[torch.nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(logits, labels)` of `model` (default: the trained one) on a training batch, the output head
+        run on its response positions only (`layers.scored_logits`): what every loss of the objectives
+        module reads."""
+        model = self.model if model is None else model
+        return scored_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

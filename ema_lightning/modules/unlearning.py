@@ -28,7 +28,7 @@ from ema_lightning.data.collate import (
     prompt_rows,
 )
 from ema_lightning.data.records import Record
-from ema_lightning.layers import decoder_layers, layer_output, scored_logits
+from ema_lightning.layers import decoder_layers, layer_output
 from ema_lightning.modules.base import CausalLMModule
 from ema_lightning.objectives import (
     activation_mse,
@@ -212,7 +212,7 @@ class RefusalUnlearningModule(CausalLMModule):
         """`(logits, labels)` of the reference policy (adapters disabled, or the frozen copy) on `batch`,
         at its response positions only (`layers.scored_logits`)."""
         with torch.no_grad(), self.reference_policy() as model:
-            return scored_logits(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            return self.scored(batch, model)
 
     def hidden_states(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """`(logits, hidden)` of one forward of `model`, hidden (B, T, H) read by a hook on decoder layer `rmu_layer`."""
