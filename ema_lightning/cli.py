@@ -234,7 +234,8 @@ class _DropTips(logging.Filter):
 @contextmanager
 def _quiet(study: bool = False):
     """Silence what tells a user nothing: LightningCLI's warning about `args` beside `sys.argv` (the
-    study passes each run's arguments on purpose) and Lightning's product tips; in a study, which
+    study passes each run's arguments on purpose), its advice to sync already-synced evaluation metrics
+    and Lightning's product tips; in a study, which
     prints one line per stage itself, also Lightning's per-run notes ("Seed set", "GPU available")."""
     tips = _DropTips()
     names = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
@@ -250,6 +251,9 @@ def _quiet(study: bool = False):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            # The evaluation metrics are logged after their torchmetrics have synced across ranks: the
+            # same value on every rank, so Lightning's advice to sync them once more does not apply.
+            warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
             if study:  # library deprecation notes and Lightning's note on a pretrained base's eval-mode modules
                 for message in (".*is_gradient_checkpointing", ".*LeafSpec", r"Found \d+ module\(s\) in eval mode"):
                     warnings.filterwarnings("ignore", message=message)
@@ -365,12 +369,24 @@ def run() -> int:
                                                  CheckpointSaveError)
     try:
         main()
+        close_process_group()
     except expected as error:
         if os.environ.get("EMA_LIGHTNING_DEBUG"):
             raise
         print(f"ema-lightning: error: {headline(str(error))}", file=sys.stderr)
         return 2
     return 0
+
+
+def close_process_group() -> None:
+    """Destroy the default process group after a run that ended normally. Lightning leaves it alive, and
+    gloo's worker threads then outlive the interpreter and can abort the process at exit (SIGABRT,
+    "terminate called without an active exception"; pytorch/pytorch#190489). Not after an error: a rank
+    that failed must not wait on the others."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -103,3 +103,30 @@ def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(precision, native, wa
     with caplog.at_level("WARNING", logger="ema_lightning"):
         warn_emulated_bf16(Trainer(accelerator="cpu", precision=precision, logger=False))
     assert ("--trainer.precision=32-true" in caplog.text) == warns
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_finished_run_destroys_its_process_group(fails, monkeypatch):
+    """After a run that ended normally the console entry destroys the process group (left alive, gloo's
+    threads can abort the process at exit); after an error it leaves it, so no failed rank waits on others."""
+    import socket
+
+    import torch.distributed as dist
+
+    from ema_lightning import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        def command() -> None:
+            if fails:
+                raise ValueError("data.eval: no records")
+
+        monkeypatch.setattr(cli, "main", command)
+        assert cli.run() == (2 if fails else 0)
+        assert dist.is_initialized() == fails
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
