@@ -103,9 +103,10 @@ class Study:
     args: list[str] = field(default_factory=list)
     """Arguments added to every run (stage 1 included), e.g. `--trainer.max_steps=10`."""
     seeds: list[int] = field(default_factory=list)
-    """Repeat every run once per seed (`--seed_everything`), named `<run>_seed<s>`; the report gives the
-    mean over seeds and intervals over prompts and seeds. Empty: each run once, with its config's seed.
-    A run's own `seeds` take the place of these."""
+    """Repeat every run once per seed (`--seed_everything`: the adapters' initialisation and the
+    training order; the forget, retain and eval sets stay those of `data.seed`), named `<run>_seed<s>`;
+    the report gives the mean over seeds and intervals over prompts and seeds. Empty: each run once,
+    with its config's seed. A run's own `seeds` take the place of these."""
     workers: int = 1
     """Unlearning runs fitted at once, each in its own process (spawned; on a CPU each gets
     `cpu_count // workers` torch threads): small models use several cores better side by side than

@@ -8,6 +8,7 @@ Which records are chosen is `selection.py`; how they are cut into batches is `En
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,10 @@ class RefusalDataModule(pl.LightningDataModule):
         forget_responses: "data": the forget records' responses; "generate": the model's own responses,
             generated once by the `generate_responses` given to `connect()` and cached in
             `<log_dir>/self_responses.jsonl`.
-        seed: Seed of shuffling and subsets.
+        seed: Seed of the subsets (forget, retain, eval): the same sets whatever the run's `seed_everything`.
+        shuffle_seed: Seed of the training order. None: `seed` plus the run's `seed_everything` (Lightning's
+            `PL_GLOBAL_SEED`), so the seeds of a study differ in training order as well as in the adapters'
+            initialisation while every seed trains and is evaluated on the same sets.
         num_workers: DataLoader workers.
     """
 
@@ -163,6 +167,7 @@ class RefusalDataModule(pl.LightningDataModule):
         system_prompt: str | None = None,
         forget_responses: Literal["data", "generate"] = "data",
         seed: int = 0,
+        shuffle_seed: int | None = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -181,6 +186,9 @@ class RefusalDataModule(pl.LightningDataModule):
         )
         if self.selection.target_domain is None and self.forget_sources:
             raise ValueError("RefusalDataModule: field 'forget': a forget set needs a target_domain; set target_domain or drop forget")
+        if shuffle_seed is not None and shuffle_seed < 0:
+            raise ValueError(f"RefusalDataModule: field 'shuffle_seed': must be >= 0, got {shuffle_seed}")
+        self.shuffle_seed = shuffle_seed
         self.external_selection = SetSelection(eval_per_domain=external_eval_per_domain, seed=seed)
         self.encoding = Encoding(
             batch_size=batch_size, eval_batch_size=eval_batch_size, max_length=max_length, max_prompt_length=max_prompt_length,
@@ -361,9 +369,15 @@ class RefusalDataModule(pl.LightningDataModule):
 
     # ---- loaders ------------------------------------------------------------------------------
 
+    def training_order_seed(self) -> int:
+        """`shuffle_seed`, or `seed` + the run's global seed (`seed_everything`; 0 when none was set)."""
+        if self.shuffle_seed is not None:
+            return self.shuffle_seed
+        return self.selection.seed + int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     def _train_loader(self, name: str, examples: list[dict[str, Any]], offset: int) -> DataLoader:
         replicas, rank = self._data_parallel()
-        batch_size, seed = self.encoding.batch_size, self.selection.seed + offset
+        batch_size, seed = self.encoding.batch_size, self.training_order_seed() + offset
         sampler = ResumableTrainSampler(ExampleDataset(examples), num_replicas=replicas, rank=rank, batch_size=batch_size, seed=seed)
         self._train_samplers[name] = sampler
         return ResumableDataLoader(

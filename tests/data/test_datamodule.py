@@ -192,6 +192,23 @@ def test_train_shuffle_is_seeded(data, tokenizer):
     assert order(3) == order(3) and sorted(order(3)) == list(range(42))
 
 
+def test_each_run_seed_has_its_own_training_order_on_the_same_sets(data, tokenizer, monkeypatch):
+    """`seed_everything` (Lightning's PL_GLOBAL_SEED) moves the training order, never the sets; `shuffle_seed` pins it."""
+    def run(global_seed, **kwargs):
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(global_seed))
+        dm = make(data, tokenizer, retain_size=30, eval_per_domain=1, batch_size=4, **kwargs).load()
+        sets = [[r.prompt for r in records] for records in (dm.retain_records, dm.eval_records)]
+        return sets, [i for b in dm.train_dataloader() for i in b[0]["retain"]["index"].tolist()]
+
+    (sets0, order0), (sets1, order1) = run(0), run(1)
+    assert sets0 == sets1 and order0 != order1 and sorted(order0) == sorted(order1)
+    assert run(1, shuffle_seed=0)[1] == order0 and run(5, shuffle_seed=0)[1] == order0
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert make(data, shuffle_seed=None).training_order_seed() == 0
+    with pytest.raises(ValueError, match="shuffle_seed"):
+        make(data, shuffle_seed=-1)
+
+
 def test_truncation_counted(data, tokenizer, caplog):
     dm = make(data, tokenizer, target_domain="safety", max_length=24, max_prompt_length=20)
     with caplog.at_level(logging.WARNING):
