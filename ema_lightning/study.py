@@ -206,8 +206,13 @@ def check_study(study: Study, fit: Fit) -> list[FitOutcome]:
     return facts
 
 
+QUIET_ARGS = ("--trainer.enable_model_summary=false",)
+"""Given to every fit of a study, before its own arguments: the study prints one line per stage, not
+a model summary per run."""
+
+
 def _request(study: Study, name: str, config: list[str], args: list[str], overrides=()) -> FitRequest:
-    return FitRequest(name, tuple(config), tuple(args) + tuple(study.args), study.output_dir, tuple(overrides))
+    return FitRequest(name, tuple(config), (*QUIET_ARGS, *args, *study.args), study.output_dir, tuple(overrides))
 
 
 STAMP_FORMAT = 2
