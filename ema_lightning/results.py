@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -263,6 +263,18 @@ class Evaluation:
         if self.external_complied is None:
             return self.external_refusal
         return withheld_from(self.external_complied)
+
+    def on_external(self) -> Evaluation:
+        """This evaluation read on its external prompts only: their refusal, over-refusal, degenerate and
+        coherent-compliance counts in place of the built-in ones (what the claims test on a report set)."""
+        if not self.has_external:
+            raise ValueError(f"Evaluation at step {self.step} has no external eval set")
+        empty = DomainRates({d: 0 for d in DOMAINS}, {d: 0 for d in DOMAINS})
+        return replace(
+            self, refusal=self.external_refusal, over_refusal=self.external_over_refusal or empty,
+            degenerate=self.external_degenerate, complied=self.external_complied, refusal_score=None, samples=(),
+            ema_score=None, base_logprob=None, unparsed=None, harm=None, judges={}, agreement={},
+            external_refusal=None, external_over_refusal=None, external_degenerate=None, external_complied=None)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat scalars for the loggers: `<prefix>/refusal/<domain>`, `.../mean`, over-refusal, scores,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -28,13 +29,30 @@ DRAWS = 4000
 
 
 def claims_section(runs: Sequence[RunResult]) -> str:
-    """Markdown: the paper's four claims, each with its evidence and verdict (claim (d) reads the runs'
-    concept-vector files from their log folders)."""
+    """Markdown: the paper's four claims, each with its evidence and verdict. Claims (a)-(c) read the
+    external prompts (the report set) when every unlearning run's baseline and final evaluation has
+    them, else the built-in held-out prompts; claim (d) reads the runs' concept-vector files and
+    refusal curves (built-in prompts, evaluated throughout training)."""
     runs = list(runs)
+    rated, prompts = report_set(runs)
     return "\n".join(["\n## The paper's four claims, tested\n",
                       "Verdicts: *supported* / *contradicted* when the 95% interval (or p < 0.05) excludes no "
-                      "effect, *within noise* when it does not, *undecided* when the study lacks what the test needs.\n",
-                      _spread(runs), _safety_vs_cyber(runs), _containment(runs), _similarity(runs)])
+                      "effect, *within noise* when it does not, *undecided* when the study lacks what the test needs. "
+                      f"Claims (a)-(c) are measured on {prompts}; claim (d) on the built-in held-out prompts, "
+                      "whose refusal is evaluated throughout training.\n",
+                      _spread(rated), _safety_vs_cyber(rated), _containment(rated), _similarity(runs)])
+
+
+def report_set(runs: Sequence[RunResult]) -> tuple[list[RunResult], str]:
+    """The runs as the claims read them, and those prompts in words: on the external prompts when every
+    unlearning run's baseline and final evaluation has them (each run reduced to its evaluations that
+    do, read through `Evaluation.on_external`), else unchanged, on the built-in held-out prompts."""
+    unlearning = [r for r in runs if r.target is not None and r.method not in ABLATION_METHODS]
+    measured = [e for r in unlearning for e in (r.baseline, r.final)]
+    if not unlearning or any(e is None or not e.has_external for e in measured):
+        return list(runs), "the built-in held-out prompts"
+    views = [replace(r, evaluations=tuple(e.on_external() for e in r.evaluations if e.has_external)) for r in unlearning]
+    return views, "the external prompts (the report set: every run's baseline and final evaluation has them)"
 
 
 def _seeds(runs: Sequence[RunResult], target: str | None, method: str, contained: bool):

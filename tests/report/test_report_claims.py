@@ -104,3 +104,25 @@ def test_similarity_supported_contradicted_and_undecided(tmp_path):
     assert verdict(str(tmp_path / "near"), final=measured(0.0)).endswith(
         "undecided: constant refusal drop; correlation undefined |")
     assert "undecided: no run on it saved two concept-vector files" in verdict(str(tmp_path / "missing"))
+
+
+def with_external(built_in, external):
+    """`built_in` with `external` as its external eval set (refusal, degenerate and complied counts)."""
+    return replace(built_in, external_refusal=external.refusal, external_over_refusal=external.over_refusal,
+                   external_degenerate=external.degenerate, external_complied=external.complied)
+
+
+def test_claims_read_the_external_report_set_when_every_baseline_and_final_has_it():
+    """The built-in prompts say the model broke, the external (report) set says it complied: the claims
+    follow the external set when every unlearning run has it at baseline and end, else the built-in one."""
+    base = with_external(measured(1.0, stage="baseline", step=0), measured(1.0, stage="baseline", step=0))
+    broke_here_complied_there = with_external(measured(0.0, degenerate=1.0), measured(0.0))
+    middle = measured(0.5, step=5)  # evaluated during training on the built-in prompts only
+    runs = [run("privacy_npo", target="privacy", method="npo", evaluations=(base, middle, broke_here_complied_there))]
+    text = claims_section(runs)
+    assert "Claims (a)-(c) are measured on the external prompts" in text
+    assert rows(claim(text, "a"))[0].startswith("| Privacy, npo | 1.000 [1.000, 1.000]")
+    runs.append(unlearned("bias", measured(0.0, degenerate=1.0)))  # no external set: every claim on built-in prompts
+    text = claims_section(runs)
+    assert "Claims (a)-(c) are measured on the built-in held-out prompts" in text
+    assert "| Privacy, npo | 0.000 [0.000, 0.000]" in claim(text, "a")
