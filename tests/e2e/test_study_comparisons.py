@@ -11,7 +11,7 @@ from ema_lightning.cli import study_fit
 from ema_lightning.domains import DOMAINS
 from ema_lightning.report.relearning import recovery_step, relearning_section
 from ema_lightning.results import DomainRates, Evaluation, RunResult
-from ema_lightning.study import BaseStage, RelearnStage, Study, StudyError, StudyRun, relearn_requests, run_study
+from ema_lightning.study import QUIET_ARGS, BaseStage, RelearnStage, Study, StudyError, StudyRun, relearn_requests, run_study
 
 MODEL = "configs/models/tiny_aligned.yaml"
 RUN_ARGS = ["--trainer.max_steps=4", "--trainer.val_check_interval=4", "--data.eval_per_domain=3",
@@ -71,7 +71,7 @@ def test_relearn_requests_take_the_first_seed_of_each_unlearned_run_with_an_adap
     pairs = relearn_requests(study, results, [["--a"]] * 5, [("model.init_args.backbone.name_or_path", "base")])
     assert [(r.name, q.name) for r, q in pairs] == [("npo_seed0", "npo_seed0_relearn")]
     args = pairs[0][1].args
-    assert args[0] == "--a" and args[-1] == "--x=1"
+    assert args[:2] == (*QUIET_ARGS, "--a") and args[-1] == "--x=1"  # the study's quiet flags, the run's, the stage's last
     for expected in ("--model.init_args.forget_objective=relearn", "--model.init_args.alpha=0.0", "--trainer.max_steps=6",
                      "--trainer.val_check_interval=2", "--data.forget=null", "--seed_everything=0",
                      f"--model.init_args.backbone.adapter={runs_dirs['npo_seed0'] / 'export' / 'adapter'}"):
