@@ -1,4 +1,4 @@
-"""Command line: `ema-lightning fit|validate|test|study|ablate|extract|suite`; the top of the import graph.
+"""Command line: `ema-lightning fit|validate|test|study|ablate|extract|suite|report`; the top of the import graph.
 
 fit / validate / test are LightningCLI subcommands over any `CausalLMModule` subclass and the
 `RefusalDataModule` (configs use class_path/init_args). `study` runs a whole EMA study from a study
@@ -34,7 +34,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "num_sanity_val_steps": -1,  # the full eval set before training: the baseline of the EMA score
 }
 
-USAGE = """usage: ema-lightning {fit,validate,test,study,ablate,extract,suite} [--config CONFIG.yaml] [--help]
+USAGE = """usage: ema-lightning {fit,validate,test,study,ablate,extract,suite,report} [--config CONFIG.yaml] [--help]
 
   fit        train (alignment or refusal unlearning), evaluating refusal in all seven domains
   validate   measure refusal per domain of a model or checkpoint
@@ -43,6 +43,7 @@ USAGE = """usage: ema-lightning {fit,validate,test,study,ablate,extract,suite} [
   ablate     refusal-direction ablation: evaluate, project the refusal direction out, evaluate again
   extract    write concept vectors per domain and layer of any model or checkpoint
   suite      count a prompt suite's prompts per domain and split (e.g. configs/data/public_suite.yaml)
+  report     write a study's report again from its results.json (this version's report code)
 """
 
 
@@ -305,6 +306,8 @@ def main(args: Optional[list[str]] = None) -> Any:
             return study_main(argv[1:], quiet_study_fit)
         if argv[0] == "suite":
             return suite_main(argv[1:])
+        if argv[0] == "report":
+            return report_main(argv[1:])
         if argv[0] == "ablate":
             return EMALightningCLI(args=["fit", *argv[1:]], ablate=True)
         if argv[0] == "extract":
@@ -324,6 +327,35 @@ def suite_main(argv: list[str]) -> None:
     parser.add_argument("suite", help="a suite YAML file, e.g. configs/data/public_suite.yaml")
     _, report = read_suite(parser.parse_args(argv).suite)
     print(f"## {report.name}\n\n{report.table()}")
+
+
+def report_main(argv: list[str]):
+    """`ema-lightning report RESULTS.json [--output DIR]`: a study's report.md and figures written again
+    from its results.json, with this version's report code. Run it from the study's working directory:
+    the runs' log folders (their concept vectors) are named relative to it."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from ema_lightning.report import write_report
+    from ema_lightning.results import StudyResult
+
+    parser = argparse.ArgumentParser(prog="ema-lightning report", description=report_main.__doc__)
+    parser.add_argument("results", help="a study's results.json")
+    parser.add_argument("--output", help="folder for report.md and figures/ (default: the folder of RESULTS.json)")
+    args = parser.parse_args(argv)
+    path = Path(args.results)
+    try:
+        study = StudyResult.load(path)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{path}: not a study's results.json (field {error})") from None
+    report = write_report(Path(args.output or path.parent) / "report.md", study)
+    print(report)
+    return report
 
 
 def check_config_files(argv: list[str]) -> None:

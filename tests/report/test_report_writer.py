@@ -65,3 +65,29 @@ def test_report_without_aligned_base_or_external_prompts_leaves_those_sections_o
     for figure in linked_figures(markdown):
         assert (tmp_path / figure).read_bytes()[:8] == PNG
     assert len(linked_figures(markdown)) == 3  # bars, curve, method comparison
+
+
+def test_the_report_command_writes_a_study_report_again_from_its_results_json(tmp_path, capsys):
+    """`ema-lightning report RESULTS.json`: the same report as the study wrote, from the file alone;
+    a missing, broken or foreign file is one line naming the file."""
+    import pytest
+
+    from ema_lightning.cli import main
+
+    measured = (evaluation("baseline", 0), evaluation("val", 10, refusal=0.0, ema_score=1.0))
+    result = study((run("unlearned_run", evaluations=measured, log_dir=str(tmp_path / "logs")),), (evaluation("val", 30),),
+                   "The aligned base meets its bounds.", {"total": 1.0})
+    written = write_report(tmp_path / "study" / "report.md", result).read_text()
+    results = result.save(tmp_path / "study" / "results.json")
+    again = main(["report", str(results), "--output", str(tmp_path / "again")])
+    assert again == tmp_path / "again" / "report.md" and again.read_text() == written
+    assert str(again) in capsys.readouterr().out
+    assert main(["report", str(results)]) == results.parent / "report.md"
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "x",\n  "runs": [}')
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"name": "x"}')
+    for path, message in ((tmp_path / "missing.json", "cannot read it"), (broken, "broken.json:2:12: not valid JSON"),
+                          (foreign, "not a study's results.json")):
+        with pytest.raises(ValueError, match=message):
+            main(["report", str(path)])
