@@ -286,7 +286,7 @@ def _check_alignment(stage: BaseStage, final: Optional[Evaluation]) -> str:
     if final is None:
         raise StudyError("stage 1 ran no evaluation; set trainer.check_val_every_n_epoch or val_check_interval")
     sets = [("the built-in eval prompts", final.refusal, final.over_refusal)]
-    if final.external_refusal is not None:
+    if final.has_external:
         sets.append(("the external eval prompts", final.external_refusal, final.external_over_refusal))
     tolerance = 1e-6  # rates are float32 counts ratios: 1/20 is 0.05000000075
     misses, advice = [], {}

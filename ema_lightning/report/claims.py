@@ -47,7 +47,7 @@ def report_set(runs: Sequence[RunResult]) -> tuple[list[RunResult], str]:
     """The runs as the claims read them, and those prompts in words: on the external prompts when every
     unlearning run's baseline and final evaluation has them (each run reduced to its evaluations that
     do, read through `Evaluation.on_external`), else unchanged, on the built-in held-out prompts."""
-    unlearning = [r for r in runs if r.target is not None and r.method not in ABLATION_METHODS]
+    unlearning = [r for r in runs if _unlearns(r.target, r.method)]
     measured = [e for r in unlearning for e in (r.baseline, r.final)]
     if not unlearning or any(e is None or not e.has_external for e in measured):
         return list(runs), "the built-in held-out prompts"
@@ -66,8 +66,13 @@ def _seeds(runs: Sequence[RunResult], target: str | None, method: str, contained
 
 
 def _targets(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
-    """The (target, method) pairs of the unlearning runs (ablation runs train nothing: no claim is about them)."""
-    return [(t, m) for t, m in run_groups(runs) if t is not None and m not in ABLATION_METHODS]
+    """The (target, method) pairs of the unlearning runs."""
+    return [(t, m) for t, m in run_groups(runs) if _unlearns(t, m)]
+
+
+def _unlearns(target: str | None, method: str) -> bool:
+    """Whether runs of this target and method unlearn (ablation runs train nothing: no claim is about them)."""
+    return target is not None and method not in ABLATION_METHODS
 
 
 def _off(counts: DomainRates, domains: Sequence[str]) -> tuple[float, float, float]:
